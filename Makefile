@@ -1,0 +1,32 @@
+# Two entry points (see README): `make run` and `make test`. Both install what they need.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+
+.PHONY: install run test bench clean
+
+# torch goes in first and pinned: the CPU wheel for 2.13.0 is on disk, and installing it before
+# anything that depends on torch keeps pip from resolving a (multi-GB) CUDA build.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# The main job on embedded defaults: list the tasks, then play a short random-agent episode and
+# print its captions (the trainer will replace the episode with a short training run).
+run: install
+	$(VENV)/bin/kudos tasks
+	$(VENV)/bin/kudos eval --task Score --policy random --episodes 1 --max-steps 300 --seed 0 --show-captions
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) bench/env_throughput.py
+
+clean:
+	rm -rf $(VENV)

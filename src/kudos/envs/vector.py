@@ -1,0 +1,326 @@
+"""Vectorised rollout: B NetHack envs stepped by worker processes over shared memory.
+
+Each worker process owns a contiguous slice of the envs and steps them in sequence; observations,
+rewards and flags go through shared memory, captions (short strings) through the worker's pipe.
+An env whose episode ends is reset in the same step (the returned observation is the first one
+of its next episode; the finished episode is summarised in :attr:`VecStep.episodes`).
+
+A worker that dies (segfault, OOM kill, ``kill -9``) is restarted and the event logged; the
+steps of its envs in that batch come back truncated, with no reward. Workers ignore SIGINT so
+that Ctrl-C reaches the parent, which closes them cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import signal
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any, Sequence
+
+import gymnasium as gym
+import numpy as np
+
+from kudos.envs.nethack import DEFAULT_OBSERVATION_KEYS, NetHackTaskEnv
+
+log = logging.getLogger(__name__)
+
+# Seed offset between generations of a restarted worker, so a restarted env does not replay
+# the episodes it already played.
+_RESTART_SEED_STRIDE = 1_000_003
+
+
+@dataclass
+class EpisodeSummary:
+    """One finished episode: env index, undiscounted extrinsic return, length in agent steps."""
+
+    env: int
+    ret: float
+    length: int
+    end_status: int
+    success: bool
+
+
+@dataclass
+class VecStep:
+    """The result of stepping all B envs once.
+
+    ``obs``: dict of ``(B, *shape)`` arrays (copies). ``reward``: float32 ``(B,)`` extrinsic
+    reward. ``terminated``/``truncated``: bool ``(B,)``. ``captions``: B strings.
+    ``caption_counts``: int32 ``(B,)``, sightings of each caption in its episode (this one
+    included). ``episodes``: episodes that ended in this step.
+    """
+
+    obs: dict[str, np.ndarray]
+    reward: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    captions: list[str]
+    caption_counts: np.ndarray
+    episodes: list[EpisodeSummary] = field(default_factory=list)
+
+
+class _Buffers:
+    """Shared-memory arrays for all envs; workers write their slice in place."""
+
+    def __init__(self, ctx: Any, space: gym.spaces.Dict, num_envs: int) -> None:
+        self.specs = {k: (s.shape, s.dtype) for k, s in space.spaces.items()}
+        self.raw = {
+            k: ctx.RawArray("b", int(np.prod((num_envs, *shape))) * np.dtype(dtype).itemsize)
+            for k, (shape, dtype) in self.specs.items()
+        }
+        self.raw["reward"] = ctx.RawArray("b", num_envs * 4)
+        self.raw["flags"] = ctx.RawArray("b", num_envs * 2)
+        self.raw["count"] = ctx.RawArray("b", num_envs * 4)
+        self.num_envs = num_envs
+
+    def views(self) -> dict[str, np.ndarray]:
+        out = {
+            k: np.frombuffer(self.raw[k], dtype=dtype).reshape(self.num_envs, *shape)
+            for k, (shape, dtype) in self.specs.items()
+        }
+        out["reward"] = np.frombuffer(self.raw["reward"], dtype=np.float32)
+        out["flags"] = np.frombuffer(self.raw["flags"], dtype=np.bool_).reshape(self.num_envs, 2)
+        out["count"] = np.frombuffer(self.raw["count"], dtype=np.int32)
+        return out
+
+
+def _worker(
+    conn: Connection,
+    buffers: _Buffers,
+    env_ids: Sequence[int],
+    seeds: Sequence[int | None],
+    env_kwargs: dict[str, Any],
+) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    views = buffers.views()
+    obs_keys = list(buffers.specs)
+    envs = [NetHackTaskEnv(**env_kwargs) for _ in env_ids]
+    returns = [0.0] * len(envs)
+    lengths = [0] * len(envs)
+
+    def write_obs(slot: int, obs: dict[str, np.ndarray]) -> None:
+        for key in obs_keys:
+            views[key][slot] = obs[key]
+
+    try:
+        while True:
+            command, payload = conn.recv()
+            if command == "reset":
+                for j, (slot, env) in enumerate(zip(env_ids, envs)):
+                    obs, _ = env.reset(seed=seeds[j])
+                    write_obs(slot, obs)
+                    returns[j], lengths[j] = 0.0, 0
+                conn.send(None)
+            elif command == "step":
+                captions, episodes = [], []
+                for j, (slot, env) in enumerate(zip(env_ids, envs)):
+                    obs, reward, terminated, truncated, info = env.step(int(payload[j]))
+                    returns[j] += reward
+                    lengths[j] += 1
+                    if terminated or truncated:
+                        episodes.append(
+                            EpisodeSummary(slot, returns[j], lengths[j], info["end_status"], info["success"])
+                        )
+                        returns[j], lengths[j] = 0.0, 0
+                        obs, _ = env.reset()
+                    write_obs(slot, obs)
+                    views["reward"][slot] = reward
+                    views["flags"][slot] = (terminated, truncated)
+                    views["count"][slot] = info["caption_count"]
+                    captions.append(info["caption"])
+                conn.send((captions, episodes))
+            elif command == "close":
+                break
+    except (EOFError, KeyboardInterrupt):
+        pass
+    finally:
+        for env in envs:
+            env.close()
+
+
+class VectorNetHack:
+    """B NetHack task envs stepped in parallel by ``num_workers`` processes.
+
+    Args:
+        task: task name, as for :class:`~kudos.envs.nethack.NetHackTaskEnv`.
+        num_envs: B, the number of envs.
+        num_workers: worker processes (default: ``min(num_envs, os.cpu_count())``).
+        seed: env ``i`` is reset with seed ``seed + i`` first; None for unseeded games.
+        env_kwargs: further keyword arguments for each env.
+    """
+
+    def __init__(
+        self,
+        task: str = "Score",
+        num_envs: int = 8,
+        *,
+        num_workers: int | None = None,
+        seed: int | None = None,
+        observation_keys: Sequence[str] = DEFAULT_OBSERVATION_KEYS,
+        start_method: str = "spawn",
+        **env_kwargs: Any,
+    ) -> None:
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        num_workers = min(num_envs, num_workers or mp.cpu_count())
+        self.num_envs = num_envs
+        self.env_kwargs = dict(env_kwargs, task=task, observation_keys=tuple(observation_keys))
+        probe = NetHackTaskEnv(**self.env_kwargs)  # validates the arguments before forking
+        self.single_observation_space = probe.observation_space
+        self.single_action_space = probe.action_space
+        probe.close()
+
+        self._ctx = mp.get_context(start_method)
+        self._buffers = _Buffers(self._ctx, self.single_observation_space, num_envs)
+        self._views = self._buffers.views()
+        self._slices = [s.tolist() for s in np.array_split(np.arange(num_envs), num_workers)]
+        self._seed = seed
+        self._generation = [0] * num_workers
+        self._procs: list[Any] = [None] * num_workers
+        self._conns: list[Connection | None] = [None] * num_workers
+        self.restarts = 0
+        self._pending: np.ndarray | None = None
+        self._closed = False
+        for w in range(num_workers):
+            self._start_worker(w)
+
+    # --- workers ------------------------------------------------------------------------------
+
+    def _seeds(self, w: int) -> list[int | None]:
+        if self._seed is None:
+            return [None] * len(self._slices[w])
+        offset = self._generation[w] * _RESTART_SEED_STRIDE
+        return [self._seed + i + offset for i in self._slices[w]]
+
+    def _start_worker(self, w: int) -> None:
+        parent, child = self._ctx.Pipe()
+        proc = self._ctx.Process(
+            target=_worker,
+            args=(child, self._buffers, self._slices[w], self._seeds(w), self.env_kwargs),
+            daemon=True,
+            name=f"kudos-env-worker-{w}",
+        )
+        proc.start()
+        child.close()
+        self._procs[w], self._conns[w] = proc, parent
+
+    def _restart_worker(self, w: int) -> None:
+        proc = self._procs[w]
+        proc.join(timeout=1.0)
+        log.warning(
+            "env worker %d (envs %d-%d) died with exit code %s; restarting it",
+            w, self._slices[w][0], self._slices[w][-1], proc.exitcode,
+        )
+        self.restarts += 1
+        self._generation[w] += 1
+        self._start_worker(w)
+        self._conns[w].send(("reset", None))
+        self._recv(w)
+
+    def _recv(self, w: int) -> Any:
+        """Wait for worker ``w``'s reply; raises EOFError if it died meanwhile."""
+        conn, proc = self._conns[w], self._procs[w]
+        while not conn.poll(0.5):
+            if not proc.is_alive() and not conn.poll():
+                raise EOFError
+        return conn.recv()
+
+    # --- gym-like API -------------------------------------------------------------------------
+
+    @property
+    def num_workers(self) -> int:
+        return len(self._slices)
+
+    def reset(self) -> dict[str, np.ndarray]:
+        """Reset every env (seeded as configured); returns ``(B, *shape)`` observations."""
+        for w in range(self.num_workers):
+            self._conns[w].send(("reset", None))
+        for w in range(self.num_workers):
+            try:
+                self._recv(w)
+            except (EOFError, OSError):
+                self._restart_worker(w)
+        return self._copy_obs()
+
+    def step_async(self, actions: np.ndarray) -> None:
+        """Send ``actions`` (int ``(B,)``) to the workers without waiting."""
+        actions = np.asarray(actions)
+        if actions.shape != (self.num_envs,):
+            raise ValueError(f"expected actions of shape ({self.num_envs},), got {actions.shape}")
+        for w, envs in enumerate(self._slices):
+            try:
+                self._conns[w].send(("step", actions[envs[0] : envs[-1] + 1].tolist()))
+            except (BrokenPipeError, OSError):
+                pass  # noticed and handled in step_wait
+        self._pending = actions
+
+    def step_wait(self) -> VecStep:
+        """Collect the results of :meth:`step_async`."""
+        if self._pending is None:
+            raise RuntimeError("step_wait() called without step_async()")
+        self._pending = None
+        captions: list[str] = [""] * self.num_envs
+        episodes: list[EpisodeSummary] = []
+        crashed: list[int] = []
+        for w, envs in enumerate(self._slices):
+            try:
+                worker_captions, worker_episodes = self._recv(w)
+            except (EOFError, OSError):
+                crashed.append(w)
+                continue
+            captions[envs[0] : envs[-1] + 1] = worker_captions
+            episodes.extend(worker_episodes)
+        for w in crashed:
+            self._restart_worker(w)
+            for i in self._slices[w]:
+                self._views["reward"][i] = 0.0
+                self._views["flags"][i] = (False, True)
+                self._views["count"][i] = 1
+        flags = self._views["flags"]
+        return VecStep(
+            obs=self._copy_obs(),
+            reward=self._views["reward"].copy(),
+            terminated=flags[:, 0].copy(),
+            truncated=flags[:, 1].copy(),
+            captions=captions,
+            caption_counts=self._views["count"].copy(),
+            episodes=episodes,
+        )
+
+    def step(self, actions: np.ndarray) -> VecStep:
+        """Step every env once with ``actions`` (int ``(B,)``)."""
+        self.step_async(actions)
+        return self.step_wait()
+
+    def _copy_obs(self) -> dict[str, np.ndarray]:
+        return {k: self._views[k].copy() for k in self._buffers.specs}
+
+    def close(self) -> None:
+        """Stop the workers (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        for conn in self._conns:
+            try:
+                conn.send(("close", None))
+            except (BrokenPipeError, OSError):
+                pass
+        for proc in self._procs:
+            proc.join(timeout=5.0)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=1.0)
+        for conn in self._conns:
+            conn.close()
+
+    def __enter__(self) -> "VectorNetHack":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            self.close()
