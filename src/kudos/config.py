@@ -1,0 +1,132 @@
+"""Typed configuration: dataclasses for every option, loaded from YAML with CLI overrides.
+
+A config file mirrors the dataclass tree::
+
+    env:
+      task: StaircaseLvl3
+      num_envs: 16
+
+and overrides use dotted paths: ``env.num_envs=32``. Unknown keys and values of the wrong type
+are reported in one line naming the key (:class:`~kudos.errors.ConfigError`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from kudos.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass
+class EnvConfig:
+    """The NetHack task and how many copies of it are stepped in parallel."""
+
+    task: str = "Score"
+    num_envs: int = 16  # B: envs stepped per batch
+    num_workers: int = 2  # env worker processes
+    seed: int = 0
+    max_episode_steps: int | None = None  # None: the task's default
+
+
+@dataclass
+class KudosConfig:
+    """Root of the configuration tree."""
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Convert a YAML/CLI value to the annotated type, or raise ConfigError naming ``key``."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in options:
+                return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return _build(annotation, value, prefix=f"{key}.")
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if annotation in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected {annotation.__name__}, got {value!r}")
+        try:
+            converted = annotation(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected {annotation.__name__}, got {value!r}") from None
+        if annotation is int and isinstance(value, float) and value != converted:
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return converted
+    if annotation is str:
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown option {prefix}{unknown[0]} (known: {', '.join(sorted(names))})")
+    kwargs = {name: _coerce(value, hints[name], prefix + name) for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    path, raw = text.split("=", 1)
+    return path.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls: type[T] = KudosConfig) -> T:  # type: ignore[assignment]
+    """Build ``cls`` from an optional YAML file, then apply ``key.path=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} not found") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark is not None else ""
+            raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        data = loaded or {}
+    for text in overrides or []:
+        keys, value = _parse_override(text)
+        node = data
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {key} is not a section")
+            node = child
+        node[keys[-1]] = value
+    return _build(cls, data)

@@ -1,0 +1,1 @@
+"""Evaluation episodes, run reports and comparisons."""

@@ -1,0 +1,52 @@
+"""The `kudos` command as a user runs it: real subprocesses, exit codes and one-line errors."""
+
+import subprocess
+import sys
+
+import pytest
+
+from kudos.envs import TASKS
+
+
+def kudos(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "kudos.cli", *args], capture_output=True, text=True, timeout=120,
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+    )
+
+
+def test_tasks_lists_every_task_with_its_reward():
+    result = kudos("tasks")
+    assert result.returncode == 0, result.stderr
+    for name in TASKS:
+        assert name in result.stdout
+    assert "+50 on reaching dungeon level 3" in result.stdout
+
+
+def test_eval_plays_a_random_episode_and_prints_captions():
+    result = kudos("eval", "--task", "Score", "--max-steps", "200", "--seed", "0", "--show-captions")
+    assert result.returncode == 0, result.stderr
+    assert "ep 0 step" in result.stdout
+    assert "random policy" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["eval", "--task", "Staircse"], "unknown task 'Staircse': did you mean Staircase"),
+        (["eval", "--episodes", "0"], "--episodes must be >= 1"),
+        (["eval", "--max-steps", "-3"], "--max-steps must be >= 1"),
+    ],
+)
+def test_user_mistakes_get_one_line_errors(args, message):
+    result = kudos(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_argparse_errors_exit_2_without_traceback():
+    result = kudos("eval", "--episodes", "many")
+    assert result.returncode == 2 and "invalid int value" in result.stderr
+    assert "Traceback" not in result.stderr
