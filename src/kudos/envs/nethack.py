@@ -193,6 +193,22 @@ class NetHackTaskEnv(NLE):
         }
         return self._get_observation(observation), float(reward), done or success, truncated, info
 
+    def bind_observation_buffers(self, buffers: dict[str, np.ndarray]) -> None:
+        """Make the game write the given observations straight into ``buffers`` (e.g. shared
+        memory), saving a copy per step. Takes effect from the next ``reset()``.
+
+        Each array must have the shape and dtype of the observation it replaces.
+        """
+        game = self.nethack
+        for key, array in buffers.items():
+            current = game._obs_buffers[key]
+            if array.shape != current.shape or array.dtype != current.dtype:
+                raise ValueError(f"buffer for {key!r} must be {current.dtype}{current.shape}, got {array.dtype}{array.shape}")
+            game._obs_buffers[key] = array
+        # NLE 1.3 keeps its buffers in these two places; the C side gets the new pointers here.
+        game._pynethack.set_buffers(**game._obs_buffers)
+        game._obs = tuple(game._obs_buffers[k] for k in self._observation_keys)
+
     # --- macros -------------------------------------------------------------------------------
 
     def _answer_prompts(

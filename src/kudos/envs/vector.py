@@ -1,7 +1,8 @@
 """Vectorised rollout: B NetHack envs stepped by worker processes over shared memory.
 
-Each worker process owns a contiguous slice of the envs and steps them in sequence; observations,
-rewards and flags go through shared memory, captions (short strings) through the worker's pipe.
+Each worker process owns a contiguous slice of the envs and steps them in sequence. The games write
+their observations straight into shared memory; rewards, flags and captions (short strings) come
+back through the worker's pipe.
 An env whose episode ends is reset in the same step (the returned observation is the first one
 of its next episode; the finished episode is summarised in :attr:`VecStep.episodes`).
 
@@ -62,28 +63,22 @@ class VecStep:
 
 
 class _Buffers:
-    """Shared-memory arrays for all envs; workers write their slice in place."""
+    """Shared-memory observation arrays for all envs; the games write their slots in place."""
 
     def __init__(self, ctx: Any, space: gym.spaces.Dict, num_envs: int) -> None:
-        self.specs = {k: (s.shape, s.dtype) for k, s in space.spaces.items()}
+        # dtypes travel as strings: NLE's C side rejects unpickled (non-canonical) dtype objects.
+        self.specs = {k: (s.shape, s.dtype.str) for k, s in space.spaces.items()}
         self.raw = {
             k: ctx.RawArray("b", int(np.prod((num_envs, *shape))) * np.dtype(dtype).itemsize)
             for k, (shape, dtype) in self.specs.items()
         }
-        self.raw["reward"] = ctx.RawArray("b", num_envs * 4)
-        self.raw["flags"] = ctx.RawArray("b", num_envs * 2)
-        self.raw["count"] = ctx.RawArray("b", num_envs * 4)
         self.num_envs = num_envs
 
     def views(self) -> dict[str, np.ndarray]:
-        out = {
-            k: np.frombuffer(self.raw[k], dtype=dtype).reshape(self.num_envs, *shape)
+        return {
+            k: np.frombuffer(self.raw[k], dtype=np.dtype(dtype)).reshape(self.num_envs, *shape)
             for k, (shape, dtype) in self.specs.items()
         }
-        out["reward"] = np.frombuffer(self.raw["reward"], dtype=np.float32)
-        out["flags"] = np.frombuffer(self.raw["flags"], dtype=np.bool_).reshape(self.num_envs, 2)
-        out["count"] = np.frombuffer(self.raw["count"], dtype=np.int32)
-        return out
 
 
 def _worker(
@@ -95,28 +90,23 @@ def _worker(
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     views = buffers.views()
-    obs_keys = list(buffers.specs)
     envs = [NetHackTaskEnv(**env_kwargs) for _ in env_ids]
+    for slot, env in zip(env_ids, envs):
+        env.bind_observation_buffers({key: view[slot] for key, view in views.items()})
     returns = [0.0] * len(envs)
     lengths = [0] * len(envs)
-
-    def write_obs(slot: int, obs: dict[str, np.ndarray]) -> None:
-        for key in obs_keys:
-            views[key][slot] = obs[key]
-
     try:
         while True:
             command, payload = conn.recv()
             if command == "reset":
-                for j, (slot, env) in enumerate(zip(env_ids, envs)):
-                    obs, _ = env.reset(seed=seeds[j])
-                    write_obs(slot, obs)
+                for j, env in enumerate(envs):
+                    env.reset(seed=seeds[j])
                     returns[j], lengths[j] = 0.0, 0
                 conn.send(None)
             elif command == "step":
-                captions, episodes = [], []
+                rewards, terminals, truncations, captions, counts, episodes = [], [], [], [], [], []
                 for j, (slot, env) in enumerate(zip(env_ids, envs)):
-                    obs, reward, terminated, truncated, info = env.step(int(payload[j]))
+                    _, reward, terminated, truncated, info = env.step(payload[j])
                     returns[j] += reward
                     lengths[j] += 1
                     if terminated or truncated:
@@ -124,13 +114,13 @@ def _worker(
                             EpisodeSummary(slot, returns[j], lengths[j], info["end_status"], info["success"])
                         )
                         returns[j], lengths[j] = 0.0, 0
-                        obs, _ = env.reset()
-                    write_obs(slot, obs)
-                    views["reward"][slot] = reward
-                    views["flags"][slot] = (terminated, truncated)
-                    views["count"][slot] = info["caption_count"]
+                        env.reset()  # writes the next episode's first observation into the slot
+                    rewards.append(reward)
+                    terminals.append(terminated)
+                    truncations.append(truncated)
                     captions.append(info["caption"])
-                conn.send((captions, episodes))
+                    counts.append(info["caption_count"])
+                conn.send((rewards, terminals, truncations, captions, counts, episodes))
             elif command == "close":
                 break
     except (EOFError, KeyboardInterrupt):
@@ -261,33 +251,28 @@ class VectorNetHack:
         if self._pending is None:
             raise RuntimeError("step_wait() called without step_async()")
         self._pending = None
+        reward = np.zeros(self.num_envs, dtype=np.float32)
+        terminated = np.zeros(self.num_envs, dtype=np.bool_)
+        truncated = np.zeros(self.num_envs, dtype=np.bool_)
+        counts = np.ones(self.num_envs, dtype=np.int32)
         captions: list[str] = [""] * self.num_envs
         episodes: list[EpisodeSummary] = []
-        crashed: list[int] = []
         for w, envs in enumerate(self._slices):
+            lo, hi = envs[0], envs[-1] + 1
             try:
-                worker_captions, worker_episodes = self._recv(w)
+                rewards_w, terminated_w, truncated_w, captions_w, counts_w, episodes_w = self._recv(w)
             except (EOFError, OSError):
-                crashed.append(w)
+                # The crashed worker's envs restart from fresh episodes: truncated, no reward.
+                self._restart_worker(w)
+                truncated[lo:hi] = True
                 continue
-            captions[envs[0] : envs[-1] + 1] = worker_captions
-            episodes.extend(worker_episodes)
-        for w in crashed:
-            self._restart_worker(w)
-            for i in self._slices[w]:
-                self._views["reward"][i] = 0.0
-                self._views["flags"][i] = (False, True)
-                self._views["count"][i] = 1
-        flags = self._views["flags"]
-        return VecStep(
-            obs=self._copy_obs(),
-            reward=self._views["reward"].copy(),
-            terminated=flags[:, 0].copy(),
-            truncated=flags[:, 1].copy(),
-            captions=captions,
-            caption_counts=self._views["count"].copy(),
-            episodes=episodes,
-        )
+            reward[lo:hi] = rewards_w
+            terminated[lo:hi] = terminated_w
+            truncated[lo:hi] = truncated_w
+            counts[lo:hi] = counts_w
+            captions[lo:hi] = captions_w
+            episodes.extend(episodes_w)
+        return VecStep(self._copy_obs(), reward, terminated, truncated, captions, counts, episodes)
 
     def step(self, actions: np.ndarray) -> VecStep:
         """Step every env once with ``actions`` (int ``(B,)``)."""
@@ -295,7 +280,7 @@ class VectorNetHack:
         return self.step_wait()
 
     def _copy_obs(self) -> dict[str, np.ndarray]:
-        return {k: self._views[k].copy() for k in self._buffers.specs}
+        return {k: view.copy() for k, view in self._views.items()}
 
     def close(self) -> None:
         """Stop the workers (idempotent)."""
