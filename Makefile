@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench clean postgres
 
 # torch goes in first and pinned: the CPU wheel for 2.13.0 is on disk, and installing it before
 # anything that depends on torch keeps pip from resolving a (multi-GB) CUDA build.
@@ -22,7 +22,13 @@ run: install
 	$(VENV)/bin/kudos tasks
 	$(VENV)/bin/kudos eval --task Score --policy random --episodes 1 --max-steps 300 --seed 0 --show-captions
 
-test: install
+# PostgreSQL server binaries for the label-store parity tests (Debian's package; installed when
+# running as root, as CI does; without them those tests skip and say why).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
+
+test: install postgres
 	$(PY) -m pytest -q
 
 bench: install

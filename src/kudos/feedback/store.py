@@ -141,10 +141,57 @@ def _record_from_json(obj: Any, where: str) -> LabelRecord:
     return record
 
 
+# (column, SQLite type, PostgreSQL type)
+_SCHEMA = (
+    ("id", "INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY"),
+    ("key", "BLOB NOT NULL UNIQUE", "BYTEA NOT NULL UNIQUE"),
+    ("prompt_hash", "TEXT NOT NULL", "TEXT NOT NULL"),
+    ("model_id", "TEXT NOT NULL", "TEXT NOT NULL"),
+    ("kind", "TEXT NOT NULL", "TEXT NOT NULL"),
+    ("caption", "TEXT NOT NULL", "TEXT NOT NULL"),
+    ("caption2", "TEXT", "TEXT"),
+    ("label", "INTEGER", "INTEGER"),
+    ("soft_label", "REAL", "DOUBLE PRECISION"),
+    ("reply", "TEXT NOT NULL", "TEXT NOT NULL"),
+    ("latency_s", "REAL NOT NULL", "DOUBLE PRECISION NOT NULL"),
+    ("created_at", "REAL NOT NULL", "DOUBLE PRECISION NOT NULL"),
+)
+
+
+def _schema(postgres: bool) -> str:
+    columns = ",\n    ".join(f"{name} {types[int(postgres)]}" for name, *types in _SCHEMA)
+    return (
+        f"CREATE TABLE IF NOT EXISTS labels (\n    {columns}\n);\n"
+        "CREATE INDEX IF NOT EXISTS labels_by_prompt ON labels (prompt_hash, model_id, id)"
+    )
+
+
 class LabelStore(ABC):
     """Durable label store; use ``open_store(path_or_url)``. Thread-safe and multi-process safe."""
 
     location: str
+
+    def __init__(self) -> None:
+        # One connection per thread (neither driver shares one well across threads), all kept
+        # here so close() can close them.
+        self._local = threading.local()
+        self._connections: list[Any] = []
+        self._lock = threading.Lock()
+
+    def _own(self, conn: Any) -> Any:
+        """Make ``conn`` this thread's connection."""
+        self._local.conn = conn
+        with self._lock:
+            self._connections.append(conn)
+        return conn
+
+    def close(self) -> None:
+        """Close every connection this object opened."""
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
 
     # -- back-end primitives ------------------------------------------------------------------
     @abstractmethod
@@ -158,10 +205,6 @@ class LabelStore(ABC):
     @abstractmethod
     def _select_since(self, where: str, params: tuple[Any, ...], limit: int) -> list[tuple[Any, ...]]:
         """Rows with id > since, in id order; ``where`` uses '?' placeholders (translated per back end)."""
-
-    @abstractmethod
-    def close(self) -> None:
-        """Close every connection this object opened."""
 
     # -- public interface ---------------------------------------------------------------------
     def get_many(self, prompt_hash: str, model_id: str, items: Sequence[Item]) -> dict[Item, LabelRecord]:
@@ -245,23 +288,6 @@ class LabelStore(ABC):
 # SQLite result codes (the low byte of sqlite_errorcode) that mean the file itself is bad.
 _SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
 
-_SQLITE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS labels (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    key BLOB NOT NULL UNIQUE,
-    prompt_hash TEXT NOT NULL,
-    model_id TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    caption TEXT NOT NULL,
-    caption2 TEXT,
-    label INTEGER,
-    soft_label REAL,
-    reply TEXT NOT NULL,
-    latency_s REAL NOT NULL,
-    created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS labels_by_prompt ON labels (prompt_hash, model_id, id);
-"""
 
 
 class SQLiteLabelStore(LabelStore):
@@ -272,15 +298,17 @@ class SQLiteLabelStore(LabelStore):
         self.path = Path(path)
         self.location = str(self.path)
         self._busy_timeout_s = busy_timeout_s
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
+        super().__init__()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create the folder of label store {self.path}: {exc.strerror}") from exc
-        with self._guard():
-            self._conn().executescript(_SQLITE_SCHEMA)
+        try:
+            with self._guard():
+                self._conn().executescript(_schema(postgres=False))
+        except StoreError:
+            self.close()
+            raise
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
@@ -300,16 +328,13 @@ class SQLiteLabelStore(LabelStore):
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT).
-            conn = sqlite3.connect(
-                self.path, timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=False
+            conn = self._own(
+                sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=False)
             )
             conn.execute("PRAGMA journal_mode=WAL")
             # NORMAL is durable across application crashes in WAL mode (only an OS crash can lose
             # the last commits), and avoids an fsync per write batch.
             conn.execute("PRAGMA synchronous=NORMAL")
-            self._local.conn = conn
-            with self._lock:
-                self._connections.append(conn)
         return conn
 
     def _select_keys(self, keys: Sequence[bytes]) -> list[tuple[bytes, tuple[Any, ...]]]:
@@ -340,31 +365,7 @@ class SQLiteLabelStore(LabelStore):
                 f"SELECT {_COLUMNS} FROM labels WHERE {where} ORDER BY id LIMIT ?", (*params, limit)
             ).fetchall()
 
-    def close(self) -> None:
-        with self._lock:
-            for conn in self._connections:
-                conn.close()
-            self._connections.clear()
-        self._local = threading.local()
 
-
-_PG_SCHEMA = """
-CREATE TABLE IF NOT EXISTS labels (
-    id BIGSERIAL PRIMARY KEY,
-    key BYTEA NOT NULL UNIQUE,
-    prompt_hash TEXT NOT NULL,
-    model_id TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    caption TEXT NOT NULL,
-    caption2 TEXT,
-    label INTEGER,
-    soft_label DOUBLE PRECISION,
-    reply TEXT NOT NULL,
-    latency_s DOUBLE PRECISION NOT NULL,
-    created_at DOUBLE PRECISION NOT NULL
-);
-CREATE INDEX IF NOT EXISTS labels_by_prompt ON labels (prompt_hash, model_id, id)
-"""
 # Writers hold this transaction-level advisory lock, so ids are assigned in commit order (a
 # sequence alone would let a later-committing writer publish a smaller id behind a poller).
 _PG_WRITE_LOCK = 0x6B75646F73  # "kudos"
@@ -390,14 +391,12 @@ class PostgresLabelStore(LabelStore):
         self.url = url
         self.location = _redact(url)
         self._connect_timeout_s = connect_timeout_s
-        self._local = threading.local()
-        self._connections: list[Any] = []
-        self._lock = threading.Lock()
+        super().__init__()
         with self._guard():
             conn = self._conn()
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_WRITE_LOCK,))
-                conn.execute(_PG_SCHEMA)
+                conn.execute(_schema(postgres=True))
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
@@ -411,9 +410,7 @@ class PostgresLabelStore(LabelStore):
         conn = getattr(self._local, "conn", None)
         if conn is None or conn.closed:
             conn = self._psycopg.connect(self.url, autocommit=True, connect_timeout=int(self._connect_timeout_s))
-            self._local.conn = conn
-            with self._lock:
-                self._connections.append(conn)
+            self._own(conn)
         return conn
 
     def _select_keys(self, keys: Sequence[bytes]) -> list[tuple[bytes, tuple[Any, ...]]]:
@@ -444,13 +441,6 @@ class PostgresLabelStore(LabelStore):
             sql += f" LIMIT {int(limit)}"
         with self._guard():
             return self._conn().execute(sql, params).fetchall()
-
-    def close(self) -> None:
-        with self._lock:
-            for conn in self._connections:
-                conn.close()
-            self._connections.clear()
-        self._local = threading.local()
 
 
 def open_store(location: str | Path) -> LabelStore:
