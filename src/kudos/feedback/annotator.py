@@ -1,0 +1,565 @@
+"""The annotation service: captions in (never blocking the caller), labels out (store + subscribers).
+
+Two layers:
+
+- :class:`Labeler`: synchronous. Asks the backend about a batch of items, parses replies (one
+  short re-ask for unreadable ones, then "unknown"), and returns label records plus the items a
+  server fault left unanswered. Used by the service and by ``kudos annotate``.
+- :class:`Annotator`: the asynchronous service the learner talks to. ``submit(captions)`` only
+  touches an in-memory set and list under a lock, so it never waits for the LLM or the store. A
+  worker thread deduplicates against the store, batches requests (freshest first, with a fixed
+  share of every batch for the oldest items so none waits forever), writes labels to the store and
+  notifies subscribers (the reward-model trainer). LLM faults are counted, logged and retried with
+  backoff; unanswered items go back to pending, so nothing is lost and nothing is invented.
+
+For ranking, pairs are sampled from a bounded reservoir of seen captions. Small models answer
+"A or B?" with a position bias, so for backends with ``pointwise_only`` (the embedded model) pair
+preferences are derived from per-caption scores (:class:`~kudos.feedback.prompts.PairwiseFromPointwise`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from kudos.feedback.llm import LLMBackend, LLMError, LLMReply, LLMRequest
+from kudos.feedback.parse import derive_preference, parse_label
+from kudos.feedback.prompts import LabelSpec, PairwiseFromPointwise, PromptTemplate
+from kudos.feedback.store import Item, LabelRecord, LabelStore, StoreError
+
+log = logging.getLogger(__name__)
+
+# Joins a first reply and its re-ask reply in the stored raw reply.
+REASK_SEPARATOR = "\n--- re-ask ---\n"
+_RATE_WINDOW_S = 60.0
+
+
+def resolve_spec(
+    template: PromptTemplate,
+    backend: LLMBackend,
+    pairwise: Literal["auto", "prompt", "pointwise"] = "auto",
+    tie_margin: float = 0.1,
+) -> LabelSpec:
+    """What to ask: the template itself, or for ranking with a small model (``pointwise_only``
+    backend, or ``pairwise="pointwise"``) pair preferences derived from per-caption scores."""
+    if template.kind == "classify" or pairwise == "prompt":
+        return template
+    if pairwise == "pointwise" or getattr(backend, "pointwise_only", False):
+        return PairwiseFromPointwise(template.pointwise(), tie_margin)
+    return template
+
+
+@dataclass
+class LabelerStats:
+    """Counters of one Labeler (and the pointwise Labeler it may use for derived pairs)."""
+
+    llm_requests: int = 0  # requests sent, re-asks included
+    parse_failures: int = 0  # replies with no readable label (first answers and re-asks)
+    unknown_labels: int = 0  # items recorded as unknown after the re-ask
+    server_errors: int = 0  # generate() calls that raised LLMError
+
+
+@dataclass
+class LabelOutcome:
+    """records: to store (for derived pairs, also the per-caption records they came from).
+    failed: items of the batch left unanswered by a server fault; ask again later.
+    error: that fault, if any."""
+
+    records: list[LabelRecord]
+    failed: list[Item]
+    error: LLMError | None = None
+
+
+class Labeler:
+    """Asks ``backend`` the question ``spec`` about batches of items; see :meth:`label`."""
+
+    def __init__(
+        self, backend: LLMBackend, spec: LabelSpec, store: LabelStore, stats: LabelerStats | None = None
+    ) -> None:
+        self.backend = backend
+        self.spec = spec
+        self.store = store
+        self.stats = stats or LabelerStats()
+        self._pointwise = (
+            Labeler(backend, spec.pointwise, store, self.stats) if isinstance(spec, PairwiseFromPointwise) else None
+        )
+
+    @property
+    def prompt_hash(self) -> str:
+        return self.spec.version_hash
+
+    @property
+    def model_id(self) -> str:
+        return self.backend.model_id
+
+    def label(self, items: Sequence[Item]) -> LabelOutcome:
+        """Label ``items`` (captions for classification, ordered pairs for ranking)."""
+        if isinstance(self.spec, PairwiseFromPointwise):
+            return self._label_derived(items)
+        return self._label_asked(self.spec, items)
+
+    def _ask(self, requests: Sequence[LLMRequest]) -> tuple[list[LLMReply | None], LLMError | None]:
+        """One batched backend call; on a fault, the replies that did arrive (None for the rest)."""
+        if not requests:
+            return [], None
+        self.stats.llm_requests += len(requests)
+        try:
+            replies: list[LLMReply | None] = list(self.backend.generate(requests))
+            if len(replies) != len(requests):
+                raise LLMError(f"backend returned {len(replies)} replies for {len(requests)} requests")
+            return replies, None
+        except LLMError as exc:
+            self.stats.server_errors += 1
+            partial = list(exc.replies) if len(exc.replies) == len(requests) else [None] * len(requests)
+            return partial, exc
+
+    def _label_asked(self, template: PromptTemplate, items: Sequence[Item]) -> LabelOutcome:
+        first, error = self._ask([template.request(item) for item in items])
+        labels = [None if r is None else parse_label(template, r.text) for r in first]
+        unreadable = [(i, r) for i, r in enumerate(first) if r is not None and labels[i] is None]
+        self.stats.parse_failures += len(unreadable)
+        second, reask_error = self._ask([template.reask(items[i], r.text) for i, r in unreadable])
+        reask = {i: again for (i, _), again in zip(unreadable, second)}
+        records: list[LabelRecord] = []
+        failed: list[Item] = []
+        now = time.time()
+        for i, item in enumerate(items):
+            reply = first[i]
+            if reply is None or (i in reask and reask[i] is None):
+                failed.append(item)  # a server fault: nothing to record, ask again later
+                continue
+            label, soft, text, latency = labels[i], reply.p_positive, reply.text, reply.latency_s
+            again = reask.get(i)
+            if again is not None:
+                label = parse_label(template, again.text)
+                text, latency = reply.text + REASK_SEPARATOR + again.text, latency + again.latency_s
+                if label is None:
+                    self.stats.parse_failures += 1
+                    self.stats.unknown_labels += 1
+                elif again.p_positive is not None:
+                    soft = again.p_positive
+            first_caption, second_caption = (item, None) if isinstance(item, str) else item
+            records.append(
+                LabelRecord(
+                    prompt_hash=template.version_hash,
+                    model_id=self.model_id,
+                    kind=template.kind,
+                    caption=first_caption,
+                    caption2=second_caption,
+                    label=label,
+                    soft_label=soft,
+                    reply=text,
+                    latency_s=latency,
+                    timestamp=now,
+                )
+            )
+        return LabelOutcome(records, failed, error or reask_error)
+
+    def _label_derived(self, pairs: Sequence[Item]) -> LabelOutcome:
+        """Pairs from per-caption scores: stored ones are reused, missing ones asked now."""
+        assert self._pointwise is not None and isinstance(self.spec, PairwiseFromPointwise)
+        members = list(dict.fromkeys(c for pair in pairs for c in pair))
+        stored = self.store.get_many(self.spec.pointwise.version_hash, self.model_id, members)
+        scores = {r.caption: r for r in stored.values()}
+        asked = self._pointwise.label([c for c in members if c not in scores])
+        fresh = {r.caption: r for r in asked.records}
+        scores.update(fresh)
+        records: list[LabelRecord] = []
+        failed: list[Item] = []
+        now = time.time()
+        for pair in pairs:
+            first, second = pair
+            if first not in scores or second not in scores:
+                failed.append(pair)
+                continue
+            a, b = scores[first], scores[second]
+            label, soft = derive_preference((a.label, a.soft_label), (b.label, b.soft_label), self.spec.tie_margin)
+            if label is None:
+                self.stats.unknown_labels += 1
+            records.append(
+                LabelRecord(
+                    prompt_hash=self.spec.version_hash,
+                    model_id=self.model_id,
+                    kind="rank",
+                    caption=first,
+                    caption2=second,
+                    label=label,
+                    soft_label=soft,
+                    reply=json.dumps({"pointwise": [[a.label, a.soft_label], [b.label, b.soft_label]]}),
+                    latency_s=sum(fresh[c].latency_s for c in (first, second) if c in fresh),
+                    timestamp=now,
+                )
+            )
+        return LabelOutcome(asked.records + records, failed, asked.error)
+
+
+@dataclass
+class AnnotatorConfig:
+    """Options of the annotation service.
+
+    max_backlog: items (captions, or pairs for ranking) waiting or in flight; a submission that
+        finds it full is dropped and counted (it comes back when the caption is seen again).
+    batch_size: requests per backend call. oldest_per_batch: slots of each batch that go to the
+        oldest waiting items (the rest to the newest), so no item waits forever.
+    pairwise: ranking only; "auto" derives pairs from pointwise scores for ``pointwise_only``
+        backends, "prompt" always asks the pairwise prompt, "pointwise" always derives.
+    reservoir_size: seen captions kept for pair sampling; pairs_per_caption: pairs sampled for
+        each newly seen caption.
+    backoff_s / max_backoff_s: wait after a server fault, doubling per consecutive fault (seconds).
+    """
+
+    max_backlog: int = 100_000
+    batch_size: int = 8
+    oldest_per_batch: int = 1
+    pairwise: Literal["auto", "prompt", "pointwise"] = "auto"
+    tie_margin: float = 0.1
+    reservoir_size: int = 4096
+    pairs_per_caption: int = 1
+    backoff_s: float = 0.5
+    max_backoff_s: float = 30.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class AnnotatorMetrics:
+    """A snapshot of the service's counters (all counts since start)."""
+
+    queue_depth: int  # items waiting (submitted, not yet sent to the LLM)
+    in_flight: int  # items in the batch the LLM is answering
+    labels: int  # records stored under this annotator's prompt hash
+    labels_per_s: float  # over the last minute
+    unknown_labels: int
+    cache_hits: int  # new items found in the store (asked before, maybe by another process)
+    cache_misses: int  # new items that had to be asked
+    cache_hit_rate: float  # hits / (hits + misses), 0 before any lookup
+    duplicates: int  # submitted captions skipped as already known, waiting or in flight
+    dropped: int  # submitted captions dropped because the backlog was full
+    llm_requests: int
+    parse_failures: int
+    server_errors: int
+    store_errors: int
+    subscriber_errors: int
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class _Counters:
+    labels: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    duplicates: int = 0
+    dropped: int = 0
+    store_errors: int = 0
+    subscriber_errors: int = 0
+    rate: deque[tuple[float, int]] = field(default_factory=deque)  # (time, labels) per stored batch
+
+
+class Annotator:
+    """Asynchronous annotation service; see the module docstring.
+
+    Use as ``with Annotator(backend, store, template) as annotator: annotator.submit(captions)``,
+    or ``start()`` / ``close()``. Subscribers (``subscribe(callback)``) are called on the worker
+    thread with each list of newly stored records of this annotator's prompt hash.
+    """
+
+    def __init__(
+        self,
+        backend: LLMBackend,
+        store: LabelStore,
+        template: PromptTemplate,
+        config: AnnotatorConfig | None = None,
+    ) -> None:
+        self.config = config or AnnotatorConfig()
+        self.backend = backend
+        self.store = store
+        self.spec = resolve_spec(template, backend, self.config.pairwise, self.config.tie_margin)
+        self._labeler = Labeler(backend, self.spec, store)
+        self._rank = self.spec.kind == "rank"
+        self._rng = random.Random(self.config.seed)
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # notified when the backlog shrinks
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        # Guarded by _lock: captions ever accepted (dedup), new captions for the worker, items
+        # waiting (oldest first) and in flight, and the backlog size bounded by max_backlog.
+        self._seen: set[str] = set()
+        self._intake: list[str] = []
+        self._restored: list[Item] = []  # items from load_state_dict, checked against the store too
+        self._pending: OrderedDict[Item, None] = OrderedDict()
+        self._inflight: set[Item] = set()
+        self._backlog = 0
+        self._reservoir: list[str] = []
+        self._reservoir_seen = 0
+        self._unwritten: list[LabelRecord] = []  # labelled but not yet stored (store fault)
+        self._subscribers: list[Callable[[list[LabelRecord]], None]] = []
+        self._counts = _Counters()
+        self._backoff_s = 0.0
+        self._started = time.monotonic()
+
+    # -- caller side ------------------------------------------------------------------------------
+    @property
+    def prompt_hash(self) -> str:
+        """The prompt hash of this annotator's labels in the store (derived pairs included)."""
+        return self.spec.version_hash
+
+    @property
+    def model_id(self) -> str:
+        return self.backend.model_id
+
+    def submit(self, captions: Iterable[str]) -> None:
+        """Queue captions for labelling; returns at once. Known, waiting and in-flight captions are
+        skipped; when the backlog is full the rest of the call is dropped and counted."""
+        with self._lock:
+            for caption in captions:
+                if caption in self._seen:
+                    self._counts.duplicates += 1
+                elif self._backlog >= self.config.max_backlog:
+                    self._counts.dropped += 1
+                else:
+                    self._seen.add(caption)
+                    self._intake.append(caption)
+                    self._backlog += 1
+        self._wake.set()
+
+    def subscribe(self, callback: Callable[[list[LabelRecord]], None]) -> None:
+        with self._lock:
+            self._subscribers.append(callback)
+
+    def unsubscribe(self, callback: Callable[[list[LabelRecord]], None]) -> None:
+        with self._lock:
+            self._subscribers.remove(callback)
+
+    def metrics(self) -> AnnotatorMetrics:
+        stats = self._labeler.stats
+        with self._lock:
+            c = self._counts
+            now = time.monotonic()
+            while c.rate and c.rate[0][0] < now - _RATE_WINDOW_S:
+                c.rate.popleft()
+            looked_up = c.cache_hits + c.cache_misses
+            return AnnotatorMetrics(
+                queue_depth=len(self._intake) + len(self._restored) + len(self._pending),
+                in_flight=len(self._inflight),
+                labels=c.labels,
+                labels_per_s=sum(n for _, n in c.rate) / max(1e-9, min(_RATE_WINDOW_S, now - self._started)),
+                unknown_labels=stats.unknown_labels,
+                cache_hits=c.cache_hits,
+                cache_misses=c.cache_misses,
+                cache_hit_rate=c.cache_hits / looked_up if looked_up else 0.0,
+                duplicates=c.duplicates,
+                dropped=c.dropped,
+                llm_requests=stats.llm_requests,
+                parse_failures=stats.parse_failures,
+                server_errors=stats.server_errors,
+                store_errors=c.store_errors,
+                subscriber_errors=c.subscriber_errors,
+            )
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until every accepted item is labelled and stored; False on timeout."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._backlog == 0 and not self._unwritten, timeout)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Items not yet labelled (oldest first) and the pair reservoir, JSON-serialisable."""
+        with self._lock:
+            waiting: list[Item] = [*self._restored, *self._pending, *self._inflight, *self._intake]
+            return {
+                "pending": [item if isinstance(item, str) else list(item) for item in waiting],
+                "reservoir": list(self._reservoir),
+                "reservoir_seen": self._reservoir_seen,
+            }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Queue the items of a ``state_dict()`` again; those labelled meanwhile are skipped."""
+        items: list[Item] = [raw if isinstance(raw, str) else (raw[0], raw[1]) for raw in state.get("pending", [])]
+        with self._lock:
+            self._reservoir = list(state.get("reservoir", []))[: self.config.reservoir_size]
+            self._reservoir_seen = max(int(state.get("reservoir_seen", 0)), len(self._reservoir))
+            self._seen.update(item for item in items if isinstance(item, str))
+            self._restored.extend(items)
+            self._backlog += len(items)
+        self._wake.set()
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def start(self) -> Annotator:
+        if self._thread is None:
+            self._stop.clear()
+            self._started = time.monotonic()
+            self._thread = threading.Thread(target=self._run, name="kudos-annotator", daemon=True)
+            self._thread.start()
+        return self
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the worker after its current batch (waiting items stay in ``state_dict()``)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self._write([])  # a last try for records a store fault held back
+
+    def __enter__(self) -> Annotator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- worker side ------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            if self._unwritten:
+                self._write([])
+            self._admit()
+            batch = self._take_batch()
+            if not batch:
+                self._wake.wait(0.5)
+                continue
+            try:
+                outcome = self._labeler.label([item for item, _ in batch])
+            except StoreError as exc:  # derived pairs read member scores from the store
+                self._fault(batch, "label store", exc, store=True)
+                continue
+            except Exception as exc:  # noqa: BLE001 - a backend bug must not stop training
+                log.exception("annotation batch failed")
+                self._labeler.stats.server_errors += 1
+                self._fault(batch, "backend", exc)
+                continue
+            self._finish(batch, outcome)
+
+    def _admit(self) -> None:
+        """Move submitted captions (as pairs, for ranking) and restored items into pending,
+        skipping items the store already has."""
+        with self._lock:
+            intake, self._intake = self._intake, []
+            restored, self._restored = self._restored, []
+        if not intake and not restored:
+            return
+        items: list[Item] = restored + (self._sample_pairs(intake) if self._rank else list(intake))
+        try:
+            stored = self.store.get_many(self.prompt_hash, self.model_id, items) if items else {}
+        except StoreError as exc:
+            with self._lock:  # pairs are already sampled: keep them as they are
+                self._restored[:0] = items
+                self._backlog += len(items) - len(intake) - len(restored)
+                self._counts.store_errors += 1
+            log.warning("annotator: cannot read the label store (%s); retrying", exc)
+            self._sleep_backoff()
+            return
+        with self._changed:
+            self._counts.cache_hits += len(stored)
+            added = 0
+            for item in items:
+                if item in stored or item in self._pending or item in self._inflight:
+                    continue
+                self._pending[item] = None
+                added += 1
+            self._counts.cache_misses += added
+            self._backlog += added - len(intake) - len(restored)
+            self._changed.notify_all()
+
+    def _sample_pairs(self, captions: list[str]) -> list[Item]:
+        """Pairs of each new caption with random earlier ones from the reservoir, in random order
+        (so neither position is favoured); the reservoir keeps a uniform sample of all captions."""
+        pairs: list[Item] = []
+        size = self.config.reservoir_size
+        with self._lock:
+            for caption in captions:
+                for _ in range(self.config.pairs_per_caption if self._reservoir else 0):
+                    partner = self._rng.choice(self._reservoir)
+                    if partner != caption:  # an identical pair says nothing
+                        pairs.append((caption, partner) if self._rng.random() < 0.5 else (partner, caption))
+                self._reservoir_seen += 1
+                if len(self._reservoir) < size:
+                    self._reservoir.append(caption)
+                else:
+                    slot = self._rng.randrange(self._reservoir_seen)
+                    if slot < size:
+                        self._reservoir[slot] = caption
+        return pairs
+
+    def _take_batch(self) -> list[tuple[Item, bool]]:
+        """Up to batch_size items: ``oldest_per_batch`` from the old end, the rest from the new end.
+        Each comes with whether it was taken from the old end (a fault puts it back there)."""
+        with self._lock:
+            size = min(self.config.batch_size, len(self._pending))
+            n_old = min(self.config.oldest_per_batch, size)
+            batch = [(self._pending.popitem(last=False)[0], True) for _ in range(n_old)]
+            batch += [(self._pending.popitem(last=True)[0], False) for _ in range(size - n_old)]
+            self._inflight.update(item for item, _ in batch)
+            return batch
+
+    def _requeue(self, batch: Sequence[tuple[Item, bool]]) -> None:
+        """Put unanswered items back where they were taken from; caller holds the lock."""
+        for item, from_old_end in batch:
+            self._inflight.discard(item)
+            self._pending[item] = None
+            if from_old_end:
+                self._pending.move_to_end(item, last=False)
+
+    def _fault(self, batch: Sequence[tuple[Item, bool]], what: str, exc: Exception, store: bool = False) -> None:
+        with self._lock:
+            self._requeue(batch)
+            if store:
+                self._counts.store_errors += 1
+        log.warning("annotator: %s fault (%s); %d items back to pending", what, exc, len(batch))
+        self._sleep_backoff()
+
+    def _finish(self, batch: Sequence[tuple[Item, bool]], outcome: LabelOutcome) -> None:
+        failed = set(outcome.failed)
+        with self._lock:
+            self._requeue([(item, old) for item, old in batch if item in failed])
+            for item, _ in batch:
+                self._inflight.discard(item)
+        self._write(outcome.records)
+        if outcome.error is not None:
+            log.warning("annotator: LLM fault (%s); %d of %d items back to pending", outcome.error, len(failed), len(batch))
+            self._sleep_backoff()
+        else:
+            self._backoff_s = 0.0
+
+    def _write(self, records: list[LabelRecord]) -> None:
+        """Store records (with any held back by an earlier store fault), then notify subscribers."""
+        with self._lock:
+            todo, self._unwritten = self._unwritten + records, []
+        if not todo:
+            return
+        try:
+            self.store.put_many(todo)
+        except StoreError as exc:
+            with self._lock:
+                self._unwritten = todo + self._unwritten
+                self._counts.store_errors += 1
+            log.warning("annotator: cannot write %d labels to the store (%s); will retry", len(todo), exc)
+            self._sleep_backoff()
+            return
+        own = [r for r in todo if r.prompt_hash == self.prompt_hash]
+        with self._changed:
+            self._counts.labels += len(own)
+            self._counts.rate.append((time.monotonic(), len(own)))
+            self._backlog -= len(own)
+            subscribers = list(self._subscribers)
+            self._changed.notify_all()
+        for callback in subscribers:
+            try:
+                callback(own)
+            except Exception:  # noqa: BLE001 - a subscriber bug must not stop the service
+                log.exception("annotator: label subscriber failed")
+                with self._lock:
+                    self._counts.subscriber_errors += 1
+
+    def _sleep_backoff(self) -> None:
+        """Wait after a fault: backoff_s, doubling per consecutive fault up to max_backoff_s."""
+        self._backoff_s = min(self.config.max_backoff_s, max(self.config.backoff_s, 2 * self._backoff_s))
+        self._stop.wait(self._backoff_s)
