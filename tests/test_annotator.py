@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from kudos.feedback.annotator import Annotator, AnnotatorConfig, Labeler
+from kudos.feedback.annotator import Annotator, AnnotatorConfig, AnnotatorMetrics, Labeler
 from kudos.feedback.llm import LLMError, LLMReply, LLMRequest
 from kudos.feedback.prompts import PAIR_FIRST, PAIR_NONE, PAIR_SECOND, PairwiseFromPointwise, PromptTemplate
 from kudos.feedback.store import Item, LabelRecord, LabelStore, SQLiteLabelStore, StoreError
@@ -138,6 +138,20 @@ def run(backend: FaultyBackend, store: LabelStore, template: PromptTemplate | No
     return Annotator(backend, store, template or PromptTemplate(), config).start()
 
 
+def annotate(
+    backend: FaultyBackend, store: LabelStore, captions: Sequence[str], template: PromptTemplate | None = None,
+    config: AnnotatorConfig = FAST, subscriber: Callable[[list[LabelRecord]], None] | None = None,
+) -> tuple[Annotator, AnnotatorMetrics, list[LabelRecord]]:
+    """Run an annotator over ``captions`` until idle: it, its metrics, what a subscriber received."""
+    received: list[LabelRecord] = []
+    with run(backend, store, template, config) as annotator:
+        annotator.subscribe(subscriber or received.extend)
+        annotator.submit(captions)
+        assert annotator.wait_idle(WAIT_S)
+        metrics = annotator.metrics()
+    return annotator, metrics, received
+
+
 def stored_labels(store: LabelStore, annotator: Annotator) -> dict[Item, int | None]:
     return {r.item: r.label for r in store.labels(annotator.prompt_hash, annotator.model_id)}
 
@@ -146,12 +160,7 @@ CAPTIONS = [f"You kill the jackal {i}!" if i % 3 == 0 else f"The door {i} is loc
 
 
 def test_labels_reach_store_and_subscribers(backend: FaultyBackend, store: FaultyStore) -> None:
-    received: list[LabelRecord] = []
-    with run(backend, store) as annotator:
-        annotator.subscribe(received.extend)
-        annotator.submit(CAPTIONS)
-        assert annotator.wait_idle(WAIT_S)
-        m = annotator.metrics()
+    annotator, m, received = annotate(backend, store, CAPTIONS)
     expected = {c: int(truth(c)) for c in CAPTIONS}
     assert stored_labels(store, annotator) == expected
     assert {r.item: r.label for r in received} == expected and len(received) == len(CAPTIONS)
@@ -174,10 +183,7 @@ def test_nothing_is_asked_twice(backend: FaultyBackend, store: FaultyStore) -> N
     assert set(backend.asked) == set(CAPTIONS[10:]) and max(backend.asked.values()) == 1
     assert (m.cache_hits, m.cache_misses, m.duplicates) == (10, 20, 9 * 30)
     # A second run (or another process) over the same store asks the LLM nothing.
-    with run(backend, store) as again:
-        again.submit(CAPTIONS)
-        assert again.wait_idle(WAIT_S)
-        m2 = again.metrics()
+    _, m2, _ = annotate(backend, store, CAPTIONS)
     assert (m2.llm_requests, m2.cache_hits, m2.cache_hit_rate) == (0, 30, 1.0)
 
 
@@ -268,10 +274,7 @@ def test_server_down_at_start_then_backlog_drains(backend: FaultyBackend, store:
 
 def test_server_killed_mid_batch_keeps_answers(backend: FaultyBackend, store: FaultyStore) -> None:
     backend.die_after = 2
-    with run(backend, store, config=AnnotatorConfig(batch_size=4, backoff_s=0.01)) as annotator:
-        annotator.submit(CAPTIONS[:4])
-        assert annotator.wait_idle(WAIT_S)
-        m = annotator.metrics()
+    annotator, m, _ = annotate(backend, store, CAPTIONS[:4], config=AnnotatorConfig(batch_size=4, backoff_s=0.01))
     assert stored_labels(store, annotator) == {c: int(truth(c)) for c in CAPTIONS[:4]}
     assert m.server_errors == 1 and m.labels == 4
     # The two answers that arrived before the crash were kept: nobody was asked twice.
@@ -292,10 +295,7 @@ def test_unreadable_replies_are_reasked_then_unknown(backend: FaultyBackend, sto
     }
     if fmt == "long":
         backend.bad_replies["You kill D!"][1] = "<label>FOO</label> or <label>BAR/FOO</label>"
-    with run(backend, store, template) as annotator:
-        annotator.submit(list(backend.bad_replies) + ["You kill E!"])
-        assert annotator.wait_idle(WAIT_S)
-        m = annotator.metrics()
+    annotator, m, _ = annotate(backend, store, list(backend.bad_replies) + ["You kill E!"], template)
     labels = stored_labels(store, annotator)
     assert labels == {"You kill A!": 1, "You kill B!": None, "You kill C!": None, "You kill D!": None,
                       "You kill E!": 1}
@@ -306,12 +306,7 @@ def test_unreadable_replies_are_reasked_then_unknown(backend: FaultyBackend, sto
 
 def test_store_write_failures_hold_labels_until_written(backend: FaultyBackend, store: FaultyStore) -> None:
     store.failing_writes = 3
-    received: list[LabelRecord] = []
-    with run(backend, store) as annotator:
-        annotator.subscribe(received.extend)
-        annotator.submit(CAPTIONS)
-        assert annotator.wait_idle(WAIT_S)
-        m = annotator.metrics()
+    annotator, m, received = annotate(backend, store, CAPTIONS)
     assert m.store_errors == 3 and len(received) == 30
     assert stored_labels(store, annotator) == {c: int(truth(c)) for c in CAPTIONS}
     assert max(backend.asked.values()) == 1  # held, not re-asked
@@ -323,11 +318,7 @@ def test_backend_bug_and_subscriber_bug_do_not_stop_the_service(backend: FaultyB
     def broken_subscriber(records: list[LabelRecord]) -> None:
         raise ValueError("subscriber bug")
 
-    with run(backend, store) as annotator:
-        annotator.subscribe(broken_subscriber)
-        annotator.submit(CAPTIONS)
-        assert annotator.wait_idle(WAIT_S)
-        m = annotator.metrics()
+    _, m, _ = annotate(backend, store, CAPTIONS, subscriber=broken_subscriber)
     assert m.server_errors == 2 and m.subscriber_errors >= 1 and m.labels == 30
 
 
@@ -348,11 +339,7 @@ RANK_CAPTIONS = [f"You kill the newt {i}!" for i in range(6)] + [f"It's a wall {
 def test_pairs_from_pointwise_scores_for_small_models(store: FaultyStore) -> None:
     backend = FaultyBackend(pointwise_only=True)
     config = AnnotatorConfig(batch_size=4, pairs_per_caption=2, backoff_s=0.01)
-    received: list[LabelRecord] = []
-    with run(backend, store, PromptTemplate(kind="rank"), config) as annotator:
-        annotator.subscribe(received.extend)
-        annotator.submit(RANK_CAPTIONS)
-        assert annotator.wait_idle(WAIT_S)
+    annotator, _, received = annotate(backend, store, RANK_CAPTIONS, PromptTemplate(kind="rank"), config)
     assert isinstance(annotator.spec, PairwiseFromPointwise)
     # Only the pointwise question was asked, once per caption, never "A or B?".
     assert all(isinstance(item, str) for item in backend.asked) and max(backend.asked.values()) == 1

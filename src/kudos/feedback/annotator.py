@@ -145,21 +145,7 @@ class Labeler:
                     self.stats.unknown_labels += 1
                 elif again.p_positive is not None:
                     soft = again.p_positive
-            first_caption, second_caption = (item, None) if isinstance(item, str) else item
-            records.append(
-                LabelRecord(
-                    prompt_hash=template.version_hash,
-                    model_id=self.model_id,
-                    kind=template.kind,
-                    caption=first_caption,
-                    caption2=second_caption,
-                    label=label,
-                    soft_label=soft,
-                    reply=text,
-                    latency_s=latency,
-                    timestamp=now,
-                )
-            )
+            records.append(self._record(template, item, label, soft, text, latency, now))
         return LabelOutcome(records, failed, error or reask_error)
 
     def _label_derived(self, pairs: Sequence[Item]) -> LabelOutcome:
@@ -183,21 +169,19 @@ class Labeler:
             label, soft = derive_preference((a.label, a.soft_label), (b.label, b.soft_label), self.spec.tie_margin)
             if label is None:
                 self.stats.unknown_labels += 1
-            records.append(
-                LabelRecord(
-                    prompt_hash=self.spec.version_hash,
-                    model_id=self.model_id,
-                    kind="rank",
-                    caption=first,
-                    caption2=second,
-                    label=label,
-                    soft_label=soft,
-                    reply=json.dumps({"pointwise": [[a.label, a.soft_label], [b.label, b.soft_label]]}),
-                    latency_s=sum(fresh[c].latency_s for c in (first, second) if c in fresh),
-                    timestamp=now,
-                )
-            )
+            reply = json.dumps({"pointwise": [[a.label, a.soft_label], [b.label, b.soft_label]]})
+            latency = sum(fresh[c].latency_s for c in (first, second) if c in fresh)
+            records.append(self._record(self.spec, pair, label, soft, reply, latency, now))
         return LabelOutcome(asked.records + records, failed, asked.error)
+
+    def _record(
+        self, spec: LabelSpec, item: Item, label: int | None, soft: float | None, reply: str, latency_s: float,
+        timestamp: float,
+    ) -> LabelRecord:
+        first, second = (item, None) if isinstance(item, str) else item
+        return LabelRecord(
+            spec.version_hash, self.model_id, spec.kind, first, second, label, soft, reply, latency_s, timestamp
+        )
 
 
 @dataclass
@@ -282,7 +266,7 @@ class Annotator:
         self.backend = backend
         self.store = store
         self.spec = resolve_spec(template, backend, self.config.pairwise, self.config.tie_margin)
-        self._labeler = Labeler(backend, self.spec, store)
+        self.labeler = Labeler(backend, self.spec, store)
         self._rank = self.spec.kind == "rank"
         self._rng = random.Random(self.config.seed)
         self._lock = threading.Lock()
@@ -310,11 +294,11 @@ class Annotator:
     @property
     def prompt_hash(self) -> str:
         """The prompt hash of this annotator's labels in the store (derived pairs included)."""
-        return self.spec.version_hash
+        return self.labeler.prompt_hash
 
     @property
     def model_id(self) -> str:
-        return self.backend.model_id
+        return self.labeler.model_id
 
     def submit(self, captions: Iterable[str]) -> None:
         """Queue captions for labelling; returns at once. Known, waiting and in-flight captions are
@@ -340,7 +324,7 @@ class Annotator:
             self._subscribers.remove(callback)
 
     def metrics(self) -> AnnotatorMetrics:
-        stats = self._labeler.stats
+        stats = self.labeler.stats
         with self._lock:
             c = self._counts
             now = time.monotonic()
@@ -427,13 +411,13 @@ class Annotator:
                 self._wake.wait(0.5)
                 continue
             try:
-                outcome = self._labeler.label([item for item, _ in batch])
+                outcome = self.labeler.label([item for item, _ in batch])
             except StoreError as exc:  # derived pairs read member scores from the store
                 self._fault(batch, "label store", exc, store=True)
                 continue
             except Exception as exc:  # noqa: BLE001 - a backend bug must not stop training
                 log.exception("annotation batch failed")
-                self._labeler.stats.server_errors += 1
+                self.labeler.stats.server_errors += 1
                 self._fault(batch, "backend", exc)
                 continue
             self._finish(batch, outcome)
