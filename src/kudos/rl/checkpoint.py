@@ -1,0 +1,81 @@
+"""Atomic checkpoints of a whole training run.
+
+A checkpoint is one ``torch.save`` file holding a dict of state dicts (policy, optimiser, reward
+model, shaping statistics, counters, RNG states, ...). It is written to a temporary file in the
+same directory, flushed to disk and renamed over the previous one, so a run killed at any moment
+leaves either the old checkpoint or the new one, never a torn file.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kudos.errors import KudosError
+
+CHECKPOINT_NAME = "checkpoint.pt"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(KudosError):
+    """A checkpoint that is missing, unreadable or from an incompatible version."""
+
+
+def save_checkpoint(directory: str | os.PathLike[str], state: dict[str, Any]) -> Path:
+    """Write ``state`` atomically to ``directory/checkpoint.pt``; returns the path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / CHECKPOINT_NAME
+    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format_version": FORMAT_VERSION, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    # Make the rename itself durable.
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def load_checkpoint(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read ``directory/checkpoint.pt``; raises :class:`CheckpointError` in one line otherwise."""
+    path = Path(directory) / CHECKPOINT_NAME
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}: is this the output directory of a `kudos train` run?")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}); "
+                              "restore it from a backup or start a new run") from None
+    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
+        found = state.get("format_version") if isinstance(state, dict) else None
+        raise CheckpointError(f"checkpoint {path} has format version {found!r}; this kudos reads version {FORMAT_VERSION}")
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    """The states of Python's, NumPy's global and torch's random generators."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
