@@ -1,0 +1,381 @@
+"""LLM backends behind one interface: requests in, replies (text and P(positive answer)) out.
+
+- :class:`~kudos.feedback.embedded.EmbeddedLLM`: the default, llama.cpp in-process (embedded.py).
+- :class:`OpenAIBackend`: one OpenAI-compatible HTTP endpoint (vLLM, ``python -m llama_cpp.server``,
+  ``kudos llm serve``), chat completions or completions, with top log-probabilities.
+- :class:`EndpointPool`: several such endpoints with load spreading, timeouts, retries with
+  exponential backoff and health checks; it raises :class:`LLMError` only when no endpoint could
+  answer. Every fault is counted in ``EndpointPool.stats``.
+
+``make_backend(spec)`` builds one from a command-line string.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, Sequence
+
+import httpx
+
+from kudos.errors import KudosError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LLMRequest:
+    """One question to the LLM.
+
+    ``answer_tokens``: when set, the backend also returns the probability of ``answer_tokens[1]``
+    versus ``answer_tokens[0]`` as the first generated token, if it can.
+    ``max_tokens``: 1 for a direct answer; ~512 for ONI's reasoning format.
+    """
+
+    prompt: str
+    max_tokens: int = 1
+    answer_tokens: tuple[str, str] | None = ("0", "1")
+
+
+@dataclass(frozen=True)
+class LLMReply:
+    """The LLM's answer to one :class:`LLMRequest`.
+
+    ``p_positive``: P(answer_tokens[1]) / (P(a0) + P(a1)) at the first generated token, None if
+    unavailable. ``latency_s``: wall time of the request, seconds.
+    """
+
+    text: str
+    p_positive: float | None
+    latency_s: float
+    model_id: str
+
+
+class LLMError(Exception):
+    """The backend could not answer (after its own retries): timeouts, 5xx, refused connections.
+
+    ``replies`` holds, per request of the failed batch, the reply if that request succeeded and
+    None otherwise, so a caller keeps the answers it did get.
+    """
+
+    def __init__(self, message: str, replies: Sequence[LLMReply | None] = ()) -> None:
+        super().__init__(message)
+        self.replies = list(replies)
+
+
+class LLMBackend(Protocol):
+    """What the annotator talks to. ``model_id`` goes into label-store keys."""
+
+    model_id: str
+
+    def generate(self, requests: Sequence[LLMRequest]) -> list[LLMReply]:
+        """Blocking and batched; raises :class:`LLMError` when the backend cannot answer."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class HTTPConfig:
+    """Options of the OpenAI-compatible client and the endpoint pool (times in seconds)."""
+
+    api: Literal["chat", "completions"] = "chat"  # chat: the server applies the model's chat template
+    timeout_s: float = 60.0  # one request, reply included (long reasoning replies take tens of seconds on CPU)
+    connect_timeout_s: float = 2.0
+    top_logprobs: int = 10  # alternatives asked for at the answer token
+    max_attempts: int = 4  # per request, over all endpoints
+    backoff_s: float = 0.5  # wait after the first failure; doubles per further failure
+    max_backoff_s: float = 8.0
+    health_timeout_s: float = 2.0
+    concurrency: int = 2  # requests in flight per endpoint
+
+
+class EndpointFault(Exception):
+    """One failed HTTP exchange; ``kind`` is the stats counter it increments."""
+
+    def __init__(self, kind: str, message: str, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.retryable = retryable
+
+
+def p_from_top_logprobs(top: dict[str, float], answers: tuple[str, str]) -> float | None:
+    """P(answers[1]) / (P(answers[0]) + P(answers[1])) from a first token's top log-probabilities.
+
+    Tokens match an answer after stripping whitespace. An answer absent from the top list gets
+    the lowest listed log-probability, an upper bound of its own; None if both are absent.
+    """
+    mass: list[list[float]] = [[], []]
+    for token, logprob in top.items():
+        for i, answer in enumerate(answers):
+            if token.strip() == answer:
+                mass[i].append(logprob)
+    if not mass[0] and not mass[1]:
+        return None
+    floor = min(top.values())
+    lp = [math.log(sum(math.exp(v) for v in m)) if m else floor for m in mass]
+    return 1.0 / (1.0 + math.exp(lp[0] - lp[1]))
+
+
+class OpenAIBackend:
+    """One OpenAI-compatible endpoint, ``base_url`` like ``http://127.0.0.1:8080/v1``.
+
+    It makes one HTTP exchange per request and raises on the first fault; use
+    :class:`EndpointPool` for retries and failover. ``model`` is sent with every request and is the
+    ``model_id`` of the labels (``kudos llm serve`` serves the embedded model under its own id).
+    """
+
+    def __init__(self, base_url: str, model: str, config: HTTPConfig | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.model_id = model
+        self.config = config or HTTPConfig()
+        timeout = httpx.Timeout(self.config.timeout_s, connect=self.config.connect_timeout_s)
+        limits = httpx.Limits(max_connections=self.config.concurrency * 2)
+        self._client = httpx.Client(timeout=timeout, limits=limits)
+
+    def complete(self, request: LLMRequest) -> LLMReply:
+        """One request; raises :class:`EndpointFault` on a timeout, refused connection, HTTP error
+        or a reply that is not a well-formed completion."""
+        start = time.perf_counter()
+        chat = self.config.api == "chat"
+        body: dict[str, Any] = {"model": self.model_id, "max_tokens": request.max_tokens, "temperature": 0.0}
+        if chat:
+            body["messages"] = [{"role": "user", "content": request.prompt}]
+            if request.answer_tokens is not None:
+                body |= {"logprobs": True, "top_logprobs": self.config.top_logprobs}
+        else:
+            body["prompt"] = request.prompt
+            if request.answer_tokens is not None:
+                body["logprobs"] = self.config.top_logprobs
+        path = "/chat/completions" if chat else "/completions"
+        data = self._post(path, body)
+        try:
+            choice = data["choices"][0]
+            text = (choice["message"]["content"] if chat else choice["text"]) or ""
+            top = self._first_top_logprobs(choice, chat) if request.answer_tokens is not None else None
+        except (KeyError, IndexError, TypeError) as e:
+            raise EndpointFault("bad_replies", f"{self.base_url}: malformed completion ({e!r})") from None
+        p_positive = p_from_top_logprobs(top, request.answer_tokens) if top and request.answer_tokens else None
+        return LLMReply(text=text, p_positive=p_positive, latency_s=time.perf_counter() - start, model_id=self.model_id)
+
+    def healthy(self) -> bool:
+        """Whether the endpoint lists its models within ``health_timeout_s``."""
+        try:
+            reply = self._client.get(self.base_url + "/models", timeout=self.config.health_timeout_s)
+            return reply.status_code == 200 and isinstance(reply.json(), dict)
+        except (httpx.HTTPError, ValueError):
+            return False
+
+    def generate(self, requests: Sequence[LLMRequest]) -> list[LLMReply]:
+        """Requests in order, no retries: the first fault raises :class:`LLMError`."""
+        replies: list[LLMReply | None] = [None] * len(requests)
+        for i, request in enumerate(requests):
+            try:
+                replies[i] = self.complete(request)
+            except EndpointFault as e:
+                raise LLMError(str(e), replies) from e
+        return [r for r in replies if r is not None]
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        url = self.base_url + path
+        try:
+            reply = self._client.post(url, json=body)
+        except httpx.TimeoutException as e:
+            raise EndpointFault("timeouts", f"{url}: timed out ({type(e).__name__})") from None
+        except httpx.TransportError as e:
+            raise EndpointFault("connection_errors", f"{url}: {type(e).__name__}: {e}") from None
+        if reply.status_code >= 500 or reply.status_code in (408, 429):
+            raise EndpointFault("http_errors", f"{url}: HTTP {reply.status_code}")
+        if reply.status_code >= 400:
+            # The request itself is wrong (e.g. longer than the context); another try won't help.
+            raise EndpointFault("http_errors", f"{url}: HTTP {reply.status_code}: {reply.text[:200]}", retryable=False)
+        try:
+            data = reply.json()
+        except ValueError:
+            raise EndpointFault("bad_replies", f"{url}: reply is not JSON ({reply.content[:60]!r})") from None
+        if not isinstance(data, dict):
+            raise EndpointFault("bad_replies", f"{url}: reply is not a JSON object")
+        return data
+
+    @staticmethod
+    def _first_top_logprobs(choice: dict[str, Any], chat: bool) -> dict[str, float] | None:
+        logprobs = choice.get("logprobs")
+        if not logprobs:
+            return None
+        if chat:
+            content = logprobs["content"]
+            return {t["token"]: float(t["logprob"]) for t in content[0]["top_logprobs"]} if content else None
+        top = logprobs["top_logprobs"]
+        return {str(k): float(v) for k, v in top[0].items()} if top else None
+
+
+@dataclass
+class _Endpoint:
+    backend: OpenAIBackend
+    up: bool = True
+    in_flight: int = 0
+    failures: int = 0  # consecutive
+    retry_at: float = 0.0  # time.monotonic() when a down endpoint gets its next health check
+
+
+class EndpointPool:
+    """Several OpenAI-compatible endpoints serving the same model, as one :class:`LLMBackend`.
+
+    Each request goes to the healthy endpoint with the fewest requests in flight (round-robin on
+    ties). A fault marks the endpoint down; it gets no traffic until a health check
+    (``GET /models``) passes, tried after an exponential backoff. A failed request is retried,
+    on another endpoint where there is one, up to ``config.max_attempts`` times.
+
+    ``stats`` counts: requests, replies, empty_replies, retries, timeouts, connection_errors,
+    http_errors, bad_replies, endpoint_down, health_checks, health_failures, failed_requests.
+    """
+
+    def __init__(self, endpoints: Sequence[OpenAIBackend], config: HTTPConfig | None = None) -> None:
+        if not endpoints:
+            raise KudosError("an endpoint pool needs at least one endpoint URL")
+        models = {e.model_id for e in endpoints}
+        if len(models) != 1:
+            raise KudosError(f"all endpoints of a pool must serve one model id, got {sorted(models)}")
+        self.model_id = endpoints[0].model_id
+        self.config = config or endpoints[0].config
+        self._endpoints = [_Endpoint(e) for e in endpoints]
+        self._round_robin = itertools.count()
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.config.concurrency * len(endpoints), thread_name_prefix="llm-pool"
+        )
+
+    @property
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def generate(self, requests: Sequence[LLMRequest]) -> list[LLMReply]:
+        """All requests concurrently over the endpoints; :class:`LLMError` (with the replies that
+        did arrive) if any request failed on every attempt."""
+        outcomes = list(self._executor.map(self._answer, requests))
+        failed = [o for o in outcomes if isinstance(o, EndpointFault)]
+        replies = [o if isinstance(o, LLMReply) else None for o in outcomes]
+        if failed:
+            raise LLMError(f"{len(failed)} of {len(requests)} requests failed; last fault: {failed[-1]}", replies)
+        return [r for r in replies if r is not None]
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        for endpoint in self._endpoints:
+            endpoint.backend.close()
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[key] += n
+
+    def _answer(self, request: LLMRequest) -> LLMReply | EndpointFault:
+        self._count("requests")
+        fault = EndpointFault("connection_errors", "no endpoint was reachable")
+        for attempt in range(self.config.max_attempts):
+            if attempt:
+                self._count("retries")
+                time.sleep(self._backoff(attempt))
+            endpoint = self._acquire()
+            if endpoint is None:
+                continue
+            try:
+                reply = endpoint.backend.complete(request)
+            except EndpointFault as e:
+                fault = e
+                self._count(e.kind)
+                self._release(endpoint, ok=False)
+                log.warning("LLM endpoint fault (attempt %d/%d): %s", attempt + 1, self.config.max_attempts, e)
+                if not e.retryable:
+                    break
+                continue
+            self._release(endpoint, ok=True)
+            self._count("replies")
+            if not reply.text:
+                self._count("empty_replies")
+            return reply
+        self._count("failed_requests")
+        return fault
+
+    def _backoff(self, attempt: int) -> float:
+        return min(self.config.max_backoff_s, self.config.backoff_s * 2 ** (attempt - 1))
+
+    def _acquire(self) -> _Endpoint | None:
+        """The least-loaded healthy endpoint; down endpoints whose backoff has passed are
+        health-checked first. None if every endpoint is down."""
+        now = time.monotonic()
+        with self._lock:
+            due = [e for e in self._endpoints if not e.up and e.retry_at <= now]
+            for endpoint in due:
+                endpoint.retry_at = math.inf  # one health check at a time
+        for endpoint in due:
+            self._health_check(endpoint)
+        with self._lock:
+            up = [e for e in self._endpoints if e.up]
+            if not up:
+                return None
+            turn = next(self._round_robin)
+            n = len(self._endpoints)
+            chosen = min(up, key=lambda e: (e.in_flight, (self._endpoints.index(e) - turn) % n))
+            chosen.in_flight += 1
+            return chosen
+
+    def _health_check(self, endpoint: _Endpoint) -> None:
+        ok = endpoint.backend.healthy()
+        with self._lock:
+            self._counts["health_checks"] += 1
+            if ok:
+                endpoint.up, endpoint.failures = True, 0
+                log.info("LLM endpoint %s is healthy again", endpoint.backend.base_url)
+            else:
+                self._counts["health_failures"] += 1
+                endpoint.failures += 1
+                endpoint.retry_at = time.monotonic() + self._backoff(endpoint.failures)
+
+    def _release(self, endpoint: _Endpoint, ok: bool) -> None:
+        with self._lock:
+            endpoint.in_flight -= 1
+            if ok:
+                endpoint.failures = 0
+            else:
+                if endpoint.up:
+                    self._counts["endpoint_down"] += 1
+                endpoint.up = False
+                endpoint.failures += 1
+                endpoint.retry_at = time.monotonic() + self._backoff(endpoint.failures)
+
+
+def make_backend(
+    spec: str | None,
+    *,
+    threads: int | None = None,
+    model: str | None = None,
+    config: HTTPConfig | None = None,
+) -> LLMBackend:
+    """Build a backend from a spec string.
+
+    - None or ``"embedded"``: :class:`~kudos.feedback.embedded.EmbeddedLLM` with ``threads``
+      llama.cpp threads (default 1, for sharing the cores with a trainer).
+    - ``"http://host:port/v1[,http://host2:port/v1...]"``: an :class:`EndpointPool`; ``model`` is the
+      served model's name (default: the embedded model's id, as ``kudos llm serve`` serves it).
+    """
+    from kudos.feedback.embedded import MODEL_ID, EmbeddedLLM
+
+    if spec is None or spec == "embedded":
+        return EmbeddedLLM(threads=threads or 1)
+    urls = [u.strip() for u in spec.split(",") if u.strip()]
+    if not urls or not all(u.startswith(("http://", "https://")) for u in urls):
+        raise KudosError(f"unknown LLM backend {spec!r}: use 'embedded' or 'http://host:port/v1[,http://...]'")
+    config = config or HTTPConfig()
+    return EndpointPool([OpenAIBackend(u, model or MODEL_ID, config) for u in urls], config)
+
