@@ -1,0 +1,69 @@
+"""ONI-Classification: P(caption is helpful) from a small text model trained on LLM labels.
+
+Unlike retrieval, it scores captions the LLM never saw, which is what makes it useful early in
+training and on rare messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kudos.errors import ConfigError
+from kudos.rewards.base import LabelKind
+from kudos.rewards.learned import LearnedConfig, LearnedRewardModel
+
+
+@dataclass
+class ClassifierConfig(LearnedConfig):
+    """``balance``: how rare helpful captions are made to count — ``"sample"`` (batches half
+    positive), ``"weight"`` (positive loss weighted by negatives/positives) or ``"none"``.
+    ``output``: reward ``"probability"`` (P(helpful)) or ``"binary"`` (1.0 when P >=
+    ``threshold``, else 0.0).
+    """
+
+    balance: Literal["sample", "weight", "none"] = "sample"
+    output: Literal["probability", "binary"] = "probability"
+    threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.balance not in ("sample", "weight", "none"):
+            raise ConfigError(f"balance must be 'sample', 'weight' or 'none', got {self.balance!r}")
+        if self.output not in ("probability", "binary"):
+            raise ConfigError(f"output must be 'probability' or 'binary', got {self.output!r}")
+
+
+class ClassifierReward(LearnedRewardModel):
+    """Binary classifier of captions, trained with cross-entropy on :class:`CaptionLabel`\\ s."""
+
+    learns_from: ClassVar[LabelKind] = "caption"
+
+    def __init__(self, config: ClassifierConfig | None = None) -> None:
+        self.config: ClassifierConfig = config or ClassifierConfig()
+        super().__init__(self.config)
+        self.balanced_batches = self.config.balance == "sample"
+
+    def loss(self, texts: list[tuple[str, ...]], targets: torch.Tensor) -> torch.Tensor:
+        logits = self.network.score([t[0] for t in texts])
+        pos_weight = None
+        if self.config.balance == "weight":
+            share = self.dataset.positive_fraction()
+            if 0.0 < share < 1.0:
+                pos_weight = torch.tensor((1.0 - share) / share)
+        return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight)
+
+    def label_accuracy(self, texts: list[tuple[str, ...]], targets: np.ndarray) -> float:
+        predicted = self.network.score([t[0] for t in texts]).numpy() >= 0.0  # logit 0 = P 0.5
+        return float(np.mean(predicted == (targets >= 0.5)))
+
+    def to_value(self, outputs: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(outputs)
+
+    def to_reward(self, values: np.ndarray) -> np.ndarray:
+        if self.config.output == "binary":
+            return (values >= self.config.threshold).astype(np.float32)
+        return values

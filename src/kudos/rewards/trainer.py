@@ -1,0 +1,284 @@
+"""The online reward-model trainer: a background thread that learns from labels as they arrive.
+
+It reads new labels from a :class:`~kudos.rewards.sources.LabelSource` (when notified, and
+every ``poll_interval_s`` anyway), trains a learned model at a bounded rate — fast while the
+labels are few, then a steady rate — publishes the weights every ``publish_every`` steps,
+measures train and validation accuracy on the held-out slice, and checkpoints atomically.
+Scoring (in the RL loop) keeps using the last published weights and never waits for it.
+
+Models that do not train by steps (retrieval) are fitted as soon as labels arrive.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from kudos.errors import ConfigError
+from kudos.rewards.base import RewardModel
+from kudos.rewards.learned import FrozenModelError, LearnedRewardModel
+from kudos.rewards.sources import LabelRecords, LabelSource, StoreLabelSource
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainerConfig:
+    """Pace and bookkeeping of the online trainer.
+
+    ``min_labels``: training labels needed before the first step. While fewer than
+    ``warmup_labels`` labels are held, train at up to ``warmup_steps_per_s`` steps/s, then at
+    ``steady_steps_per_s``. ``publish_every``/``eval_every``: steps between weight publications
+    and accuracy reports. ``poll_interval_s``: seconds between reads of the source without a
+    notification. ``read_limit``: labels per read. ``checkpoint_path``: where to checkpoint
+    (None: never), every ``checkpoint_every_s`` seconds and when stopped.
+    """
+
+    min_labels: int = 32
+    warmup_labels: int = 2_000
+    warmup_steps_per_s: float = 20.0
+    steady_steps_per_s: float = 2.0
+    publish_every: int = 10
+    eval_every: int = 100
+    poll_interval_s: float = 1.0
+    read_limit: int = 10_000
+    checkpoint_path: str | None = None
+    checkpoint_every_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        for name in ("warmup_steps_per_s", "steady_steps_per_s", "poll_interval_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"trainer {name} must be > 0, got {getattr(self, name)}")
+        if self.publish_every < 1 or self.eval_every < 1:
+            raise ConfigError("trainer publish_every and eval_every must be >= 1")
+
+
+@dataclass
+class TrainerMetrics:
+    """What the trainer has done so far (a copy; see :attr:`OnlineRewardTrainer.metrics`)."""
+
+    labels: int = 0
+    steps: int = 0
+    loss: float | None = None
+    train_accuracy: float | None = None
+    validation_accuracy: float | None = None
+    published_version: int = 0
+    checkpoints: int = 0
+    errors: int = 0
+    last_error: str | None = None
+
+
+class OnlineRewardTrainer:
+    """Trains ``model`` from ``source`` in a background thread (see the module docstring).
+
+    Use as a context manager, or call :meth:`start` and :meth:`stop`. :meth:`notify` (e.g. an
+    annotator's new-label callback) makes the trainer read the source right away.
+    """
+
+    def __init__(self, model: RewardModel, source: LabelSource, config: TrainerConfig | None = None) -> None:
+        if model.learns_from is None:
+            raise ConfigError(f"{type(model).__name__} does not learn from labels; there is nothing to train")
+        if isinstance(model, LearnedRewardModel) and model.frozen:
+            raise FrozenModelError(f"this {type(model).__name__} is frozen (offline Motif); it cannot be trained online")
+        self.model = model
+        self.source = source
+        self.config = config or TrainerConfig()
+        self.cursor = 0
+        self._metrics = TrainerMetrics()
+        self._metrics_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._next_step = 0.0
+        self._next_read = 0.0
+        self._next_checkpoint = 0.0
+
+    # --- control ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("the trainer is already running")
+        self._stop.clear()
+        self._next_checkpoint = time.monotonic() + self.config.checkpoint_every_s
+        self._thread = threading.Thread(target=self._run, name="kudos-reward-trainer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the thread, publish the latest weights and write a last checkpoint."""
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("reward-model trainer did not stop within %.0f s", timeout)
+            return
+        self._thread = None
+        if isinstance(self.model, LearnedRewardModel) and self.model.steps:
+            self.model.publish()
+        if self.config.checkpoint_path:
+            self.checkpoint(self.config.checkpoint_path)
+
+    def notify(self, *_: object) -> None:
+        """New labels may be available: read the source now (any arguments are ignored)."""
+        self._next_read = 0.0
+        self._wake.set()
+
+    def __enter__(self) -> OnlineRewardTrainer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def metrics(self) -> TrainerMetrics:
+        with self._metrics_lock:
+            return TrainerMetrics(**asdict(self._metrics))
+
+    # --- work -----------------------------------------------------------------------------------
+
+    def ingest(self) -> int:
+        """Read every label available now into the model; returns how many were read."""
+        total = 0
+        while True:
+            labels, cursor = self.source.read(self.cursor, self.config.read_limit)
+            if labels:
+                if isinstance(self.model, LearnedRewardModel):
+                    self.model.add_labels(labels)
+                else:
+                    self.model.fit(labels)
+            total += len(labels)
+            if cursor == self.cursor:
+                break
+            self.cursor = cursor
+        if total:
+            with self._metrics_lock:
+                self._metrics.labels += total
+        return total
+
+    def step(self) -> bool:
+        """One training step if the model has enough labels; publishes and evaluates on schedule.
+        Returns whether a step was taken."""
+        model = self.model
+        if not isinstance(model, LearnedRewardModel) or len(model.dataset.split()[0]) < self.config.min_labels:
+            return False
+        loss = model.train_step()
+        cfg = self.config
+        if model.steps % cfg.publish_every == 0:
+            model.publish()
+        report = model.steps % cfg.eval_every == 0
+        train_acc = model.accuracy("train") if report else None
+        val_acc = model.accuracy("validation") if report else None
+        with self._metrics_lock:
+            m = self._metrics
+            m.steps, m.loss, m.published_version = model.steps, loss, model.version
+            if report:
+                m.train_accuracy, m.validation_accuracy = train_acc, val_acc
+        if report:
+            log.info(
+                "reward model step %d: loss %.4f, train accuracy %s, validation accuracy %s (%d labels)",
+                model.steps, loss, _percent(train_acc), _percent(val_acc), len(model.dataset),
+            )
+        return True
+
+    def _run(self) -> None:
+        cfg = self.config
+        while not self._stop.is_set():
+            now = time.monotonic()
+            try:
+                if now >= self._next_read:
+                    self._next_read = now + cfg.poll_interval_s
+                    self.ingest()
+                if now >= self._next_step and self.step():
+                    held = len(self.model.dataset) if isinstance(self.model, LearnedRewardModel) else 0
+                    rate = cfg.warmup_steps_per_s if held < cfg.warmup_labels else cfg.steady_steps_per_s
+                    self._next_step = now + 1.0 / rate
+                if cfg.checkpoint_path and now >= self._next_checkpoint:
+                    self._next_checkpoint = now + cfg.checkpoint_every_s
+                    self.checkpoint(cfg.checkpoint_path)
+            except Exception as err:  # training must never stop the RL run
+                log.exception("reward-model trainer error (continuing)")
+                with self._metrics_lock:
+                    self._metrics.errors += 1
+                    self._metrics.last_error = f"{type(err).__name__}: {err}"
+                self._stop.wait(cfg.poll_interval_s)
+                continue
+            wait = min(self._next_read, max(self._next_step, now)) - time.monotonic()
+            if wait > 0:
+                self._wake.wait(wait)
+                self._wake.clear()
+
+    # --- checkpoints ----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"cursor": self.cursor, "model": self.model.state_dict(), "metrics": asdict(self.metrics)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.cursor = int(state["cursor"])
+        with self._metrics_lock:
+            self._metrics = TrainerMetrics(**state["metrics"])
+
+    def checkpoint(self, path: str | os.PathLike[str]) -> None:
+        """Write :meth:`state_dict` to ``path`` atomically (temp file + rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+        with self._metrics_lock:
+            self._metrics.checkpoints += 1
+
+    def resume(self, path: str | os.PathLike[str]) -> None:
+        """Load a checkpoint written by :meth:`checkpoint`."""
+        self.load_state_dict(torch.load(Path(path), weights_only=True))
+
+
+class LabelFeed(Protocol):
+    """The part of ``kudos.feedback.Annotator`` that :func:`follow_annotator` uses."""
+
+    store: LabelRecords
+    spec: Any  # has ``kind``: "classify" or "rank"
+
+    @property
+    def prompt_hash(self) -> str: ...
+
+    @property
+    def model_id(self) -> str: ...
+
+    def subscribe(self, callback: Callable[[list[Any]], None]) -> None: ...
+
+
+def follow_annotator(
+    model: RewardModel, annotator: LabelFeed, config: TrainerConfig | None = None, soft: bool = False
+) -> OnlineRewardTrainer:
+    """An (unstarted) trainer that learns ``model`` from ``annotator``'s labels.
+
+    It reads the annotator's label store for the annotator's prompt and LLM (so labels stored by
+    earlier runs count too) and is woken by the annotator whenever new labels are stored.
+    ``soft``: train on answer-token probabilities where the store has them.
+    """
+    wanted = {"classify": "caption", "rank": "pair"}.get(annotator.spec.kind)
+    if model.learns_from is not None and wanted != model.learns_from:
+        raise ConfigError(
+            f"{type(model).__name__} learns from {model.learns_from} labels but the annotator asks "
+            f"'{annotator.spec.kind}' questions; pair 'classify' annotators with retrieval or "
+            "classification models and 'rank' annotators with ranking models"
+        )
+    source = StoreLabelSource(annotator.store, annotator.prompt_hash, annotator.model_id, soft=soft)
+    trainer = OnlineRewardTrainer(model, source, config)
+    annotator.subscribe(trainer.notify)
+    return trainer
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
