@@ -176,7 +176,9 @@ def test_bradley_terry_tie_is_minimised_at_equal_scores():
     s = torch.tensor([0.7], requires_grad=True)
     bradley_terry_loss(s, s.detach().clone(), torch.tensor([0.5])).backward()
     assert s.grad.abs().item() < 1e-7
-    values = [bradley_terry_loss(torch.tensor([d]), torch.tensor([0.0]), torch.tensor([0.5])).item() for d in (-1, 0, 1)]
+    values = [
+        bradley_terry_loss(torch.tensor([d]), torch.tensor([0.0]), torch.tensor([0.5])).item() for d in (-1.0, 0.0, 1.0)
+    ]
     assert values[1] < values[0] and values[1] < values[2]
     assert values[1] == pytest.approx(np.log(2.0))
 
@@ -211,7 +213,8 @@ def test_ranker_intended_normalisation_is_applied_and_published_is_raw():
 
 
 def test_ranker_quantile_threshold_keeps_the_top_share():
-    config = RankerConfig(seed=5, normalizer=NormalizerConfig(normalize=False, threshold="quantile", threshold_value=0.75))
+    top_quarter = NormalizerConfig(normalize=False, threshold="quantile", threshold_value=0.75)
+    config = RankerConfig(seed=5, normalizer=top_quarter)
     model = RankerReward(config)
     model.fit(_pairs(range(100)), steps=30)
     captions = [_good(i) for i in range(40)] + [_bad(i) for i in range(40)]

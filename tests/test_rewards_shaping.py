@@ -103,9 +103,13 @@ def test_rollout_call_equals_step_by_step_calls():
 
 
 def test_shaper_state_round_trip_is_exact():
-    config = ShapingConfig(episode_cap=3.0, intrinsic=NormalizerConfig(normalize=True, threshold="quantile", threshold_value=0.5, window=16))
+    intrinsic = NormalizerConfig(normalize=True, threshold="quantile", threshold_value=0.5, window=16)
+    config = ShapingConfig(episode_cap=3.0, intrinsic=intrinsic)
     rng = np.random.default_rng(2)
-    args = lambda: (rng.normal(size=2), rng.random(2).astype(np.float32), rng.integers(1, 3, size=2), rng.random(2) < 0.3)  # noqa: E731
+
+    def args() -> tuple[np.ndarray, ...]:
+        return rng.normal(size=2), rng.random(2).astype(np.float32), rng.integers(1, 3, size=2), rng.random(2) < 0.3
+
     shaper = RewardShaper(config, num_envs=2)
     for _ in range(10):
         shaper(*args())

@@ -86,7 +86,8 @@ def test_trainer_paces_steps_and_waits_for_enough_labels():
     queue.put(_labels(range(4, 40)))
     assert trainer.ingest() == 36 and trainer.cursor == 40
     assert trainer.step() and model.steps == 1
-    slow = OnlineRewardTrainer(model, queue, TrainerConfig(warmup_steps_per_s=5.0, warmup_labels=10**6, poll_interval_s=0.05))
+    paced = TrainerConfig(warmup_steps_per_s=5.0, warmup_labels=10**6, poll_interval_s=0.05)
+    slow = OnlineRewardTrainer(model, queue, paced)
     with slow:
         time.sleep(1.0)
     assert 1 <= model.steps - 1 <= 6  # at most 5 steps per second (one at the start)
@@ -137,8 +138,11 @@ def test_trainer_refuses_models_that_do_not_learn():
 # --- label store ---------------------------------------------------------------------------------
 
 
-def _record(caption: str, caption2: str | None, label: int | None, soft: float | None, prompt: str = "p") -> LabelRecord:
-    return LabelRecord(prompt, "m", "classify" if caption2 is None else "rank", caption, caption2, label, soft, "", 0.1, 0.0)
+def _record(
+    caption: str, caption2: str | None, label: int | None, soft: float | None, prompt: str = "p"
+) -> LabelRecord:
+    kind = "classify" if caption2 is None else "rank"
+    return LabelRecord(prompt, "m", kind, caption, caption2, label, soft, "", 0.1, 0.0)
 
 
 def test_store_records_become_labels():

@@ -89,18 +89,6 @@ def check_labels(labels: Iterable[Label], kind: LabelKind) -> list[Label]:
     return out
 
 
-def unique_inverse(captions: Sequence[str]) -> tuple[list[str], np.ndarray]:
-    """Unique captions in first-seen order and, for each input, the index of its unique caption.
-
-    Returns ``(unique, inverse)`` with ``inverse`` int64 ``(len(captions),)``.
-    """
-    index: dict[str, int] = {}
-    inverse = np.fromiter(
-        (index.setdefault(c, len(index)) for c in captions), dtype=np.int64, count=len(captions)
-    )
-    return list(index), inverse
-
-
 class RewardModel(ABC):
     """Maps captions to intrinsic rewards; learns from labels of kind :attr:`learns_from`.
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from kudos.errors import ConfigError
-from kudos.rewards.base import CaptionLabel, Label, LabelKind, PairLabel, check_labels
+from kudos.rewards.base import CaptionLabel, Label, LabelKind, check_labels
 
 _SPLIT_BUCKETS = 10_000
 
@@ -102,12 +102,6 @@ class LabelDataset:
         """Share of training rows that are positive (0.0 when there are none)."""
         train, _, positive = self.split()
         return len(positive) / len(train) if len(train) else 0.0
-
-    def labels(self) -> list[Label]:
-        """Every row as a label."""
-        if self.kind == "caption":
-            return [CaptionLabel(t[0], v) for t, v in zip(self.texts, self.values)]
-        return [PairLabel(t[0], t[1], v) for t, v in zip(self.texts, self.values)]
 
     def state_dict(self) -> dict[str, Any]:
         return {

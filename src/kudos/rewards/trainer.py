@@ -87,7 +87,9 @@ class OnlineRewardTrainer:
         if model.learns_from is None:
             raise ConfigError(f"{type(model).__name__} does not learn from labels; there is nothing to train")
         if isinstance(model, LearnedRewardModel) and model.frozen:
-            raise FrozenModelError(f"this {type(model).__name__} is frozen (offline Motif); it cannot be trained online")
+            raise FrozenModelError(
+                f"this {type(model).__name__} is frozen (offline Motif); it cannot be trained online"
+            )
         self.model = model
         self.source = source
         self.config = config or TrainerConfig()

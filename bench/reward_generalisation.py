@@ -1,0 +1,164 @@
+"""Does the classifier generalise? Accuracy on captions never seen in training, with labels from
+the embedded LLM on captions from real NetHack play.
+
+Stages (each reused when its output exists, so a rerun asks the LLM nothing twice):
+
+1. collect: random agents (uniform, and one biased towards moving, which explores further) play
+   several kudos tasks with real NLE; every caption and how often it was seen is kept.
+2. label: a seeded sample of the distinct non-empty captions is labelled by the embedded LLM
+   (``kudos.feedback``: short classification prompt, "score" goal) through a SQLite label store,
+   and written to ``bench/data/reward_caption_labels.jsonl`` (LLM labels, not hand labels).
+3. evaluate: captions are split (by caption) into training and held-out; the classifier is trained
+   on the training captions only and scored on the held-out ones, next to retrieval (which can
+   only score 0 on captions it has not seen) and the majority-class baseline.
+
+Run: ``.venv/bin/python bench/reward_generalisation.py`` (labelling ~1,200 captions takes
+~10 minutes at ~2.5 labels/s; evaluation alone takes about a minute).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import logging
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kudos.envs import make_env
+from kudos.rewards import CaptionLabel, ClassifierConfig, ClassifierReward, RetrievalReward
+from kudos.rewards.dataset import in_validation
+
+DATA = Path(__file__).parent / "data" / "reward_caption_labels.jsonl"
+TASKS = ("Score", "Gold", "Eat", "Scout", "Staircase", "Oracle", "Challenge")
+_MOVES = 16  # the first 16 actions of the extended set are the 8 compass moves and 8 long moves
+
+log = logging.getLogger("reward_generalisation")
+
+
+def collect_captions(steps_per_task: int, seed: int) -> collections.Counter[str]:
+    """Play ``steps_per_task`` steps of each task with random agents; count every caption."""
+    counts: collections.Counter[str] = collections.Counter()
+    rng = np.random.default_rng(seed)
+    for t, task in enumerate(TASKS):
+        env = make_env(task, observation_keys=("blstats", "message"))
+        env.reset(seed=seed + t)
+        n = env.action_space.n
+        for step in range(steps_per_task):
+            explorer = step % 2 == 0  # alternate agents per step: uniform, and move-biased
+            if explorer and rng.random() < 0.75:
+                action = int(rng.integers(_MOVES))
+            else:
+                action = int(rng.integers(n))
+            _, _, terminated, truncated, info = env.step(action)
+            counts[info["caption"]] += 1
+            if terminated or truncated:
+                env.reset()
+        env.close()
+        log.info("%s: %d distinct captions so far", task, len(counts))
+    return counts
+
+
+def label_captions(
+    captions: list[str], store_path: Path, threads: int
+) -> tuple[dict[str, tuple[int, float | None]], dict[str, str]]:
+    """LLM labels (1/0, P(helpful)) of ``captions``, asked through a label store at ``store_path``,
+    and the prompt hash and model id they were asked with. "Unknown" answers are left out."""
+    from kudos.feedback.annotator import Labeler
+    from kudos.feedback.commands import annotate_items
+    from kudos.feedback.embedded import EmbeddedLLM
+    from kudos.feedback.prompts import PromptTemplate
+    from kudos.feedback.store import open_store
+
+    template = PromptTemplate(kind="classify", goal="score", format="short")
+    llm = EmbeddedLLM(threads=threads)
+    try:
+        with open_store(store_path) as store:
+            labeler = Labeler(llm, template, store)
+            summary = annotate_items(captions, store, labeler)
+            log.info("labelled %d (already stored %d) in %.0f s",
+                     summary.labelled, summary.already_stored, summary.seconds)
+            records = store.get_many(labeler.prompt_hash, labeler.model_id, captions)
+            meta = {"prompt_hash": labeler.prompt_hash, "model_id": labeler.model_id}
+    finally:
+        llm.close()
+    return {c: (r.label, r.soft_label) for c, r in records.items() if r.label is not None}, meta
+
+
+def build_dataset(args: argparse.Namespace) -> None:
+    start = time.perf_counter()
+    counts = collect_captions(args.steps_per_task, args.seed)
+    distinct = sorted(c for c in counts if c)
+    log.info("collected %d steps, %d distinct non-empty captions in %.0f s",
+             sum(counts.values()), len(distinct), time.perf_counter() - start)
+    sample = random.Random(args.seed).sample(distinct, min(args.max_captions, len(distinct)))
+    labels, meta = label_captions(sample, args.store, args.threads)
+    DATA.parent.mkdir(parents=True, exist_ok=True)
+    tmp = DATA.with_name(DATA.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for caption in sample:
+            if caption in labels:
+                label, soft = labels[caption]
+                row = {"caption": caption, "label": label, "soft_label": soft, "seen": counts[caption], **meta}
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(DATA)
+    log.info("wrote %d labelled captions to %s", len(labels), DATA)
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    rows = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines() if line.strip()]
+    labels = [CaptionLabel(r["caption"], float(r["label"])) for r in rows]
+    held_out = [label for label in labels if in_validation((label.caption,), args.held_out)]
+    train = [label for label in labels if not in_validation((label.caption,), args.held_out)]
+    y = np.array([label.value for label in held_out]) >= 0.5
+    train_captions = {label.caption for label in train}
+    assert not any(label.caption in train_captions for label in held_out)
+    positives = float(np.mean([label.value >= 0.5 for label in labels]))
+    print(f"data: {len(labels)} LLM-labelled captions from real NLE play ({rows[0]['model_id']}), "
+          f"{100 * positives:.1f}% helpful; {len(train)} training, {len(held_out)} held-out captions")
+    majority = max(np.mean(y), 1 - np.mean(y))
+    print(f"majority-class baseline on held-out: {100 * majority:.1f}%")
+    retrieval = RetrievalReward()
+    retrieval.fit(train)
+    scored = retrieval([label.caption for label in held_out])
+    print(f"retrieval: scores {100 * np.mean(scored != 0):.1f}% of held-out captions (0 by design); "
+          f"accuracy if 0 means 'not helpful': {100 * np.mean((scored >= 0.5) == y):.1f}%")
+    for balance in ("sample", "weight", "none"):
+        accs, balanced = [], []
+        for seed in range(args.seeds):
+            model = ClassifierReward(ClassifierConfig(balance=balance, seed=seed))
+            model.fit(train, steps=args.steps)
+            predicted = model([label.caption for label in held_out]) >= 0.5
+            accs.append(np.mean(predicted == y))
+            balanced.append(0.5 * (np.mean(predicted[y]) + np.mean(~predicted[~y])))
+        print(f"classifier (char-CNN, balance={balance}, {args.steps} steps, {args.seeds} seeds): held-out accuracy "
+              f"{100 * np.mean(accs):.1f}% (min {100 * np.min(accs):.1f}%), "
+              f"balanced accuracy {100 * np.mean(balanced):.1f}%")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rebuild", action="store_true", help="collect and label again even if the data file exists")
+    parser.add_argument("--steps-per-task", type=int, default=30_000)
+    parser.add_argument("--max-captions", type=int, default=1_200)
+    parser.add_argument("--store", type=Path, default=Path.home() / ".cache" / "kudos" / "bench_reward_labels.sqlite")
+    parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads for labelling")
+    parser.add_argument("--held-out", type=float, default=0.25, help="share of captions held out")
+    parser.add_argument("--steps", type=int, default=1_500, help="classifier training steps")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(1)
+    args.store.parent.mkdir(parents=True, exist_ok=True)
+    if args.rebuild or not DATA.exists():
+        build_dataset(args)
+    evaluate(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Reward-model inference throughput on one core, and the cost of online training beside it.
+
+Captions come from real NetHack play (a random agent on the Score task), in batches of 4,096
+consecutive steps, as a learner scores a rollout. Models cache their value per distinct caption
+(per published snapshot), so the steady state costs a dictionary lookup per caption; the first
+pass over a fresh snapshot ("cold") runs the network once per distinct caption.
+
+Figures (captions/s): retrieval, classification and ranking, cold and steady; then classifier
+throughput with the online trainer running in a background thread (default TrainerConfig:
+20 steps/s, weights published every 10 steps) against without, as a ratio measured in this run.
+Targets: classification and ranking >= 200,000/s, retrieval >= 1,000,000/s, ratio >= 0.8.
+
+Run: ``.venv/bin/python bench/reward_inference.py`` (about a minute).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from kudos.envs import make_env
+from kudos.rewards import (
+    CaptionLabel,
+    ClassifierReward,
+    LabelQueue,
+    OnlineRewardTrainer,
+    PairLabel,
+    RankerReward,
+    RetrievalReward,
+    RewardModel,
+    TrainerConfig,
+)
+
+
+def play(steps: int, seed: int) -> list[str]:
+    """Captions of ``steps`` random-agent steps on the Score task."""
+    env = make_env("Score", observation_keys=("blstats", "message"))
+    env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    captions = []
+    for _ in range(steps):
+        _, _, terminated, truncated, info = env.step(int(rng.integers(env.action_space.n)))
+        captions.append(info["caption"])
+        if terminated or truncated:
+            env.reset()
+    env.close()
+    return captions
+
+
+def throughput(model: RewardModel, batches: list[list[str]], seconds: float) -> float:
+    """Captions/s scoring ``batches`` round-robin for about ``seconds``."""
+    done, start, i = 0, time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        batch = batches[i % len(batches)]
+        model(batch)
+        done += len(batch)
+        i += 1
+    return done / (time.perf_counter() - start)
+
+
+def cold(model: ClassifierReward | RankerReward, batch: list[str]) -> float:
+    """Captions/s of one batch right after a publish (every distinct caption is scored)."""
+    model.publish()
+    start = time.perf_counter()
+    model(batch)
+    return len(batch) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=40_960, help="steps of play to take captions from")
+    parser.add_argument("--batch", type=int, default=4_096)
+    parser.add_argument("--seconds", type=float, default=3.0, help="timing window per figure")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    captions = play(args.steps, seed=0)
+    batches = [captions[i : i + args.batch] for i in range(0, len(captions) - args.batch + 1, args.batch)]
+    distinct = sorted(set(captions))
+    per_batch = np.mean([len(set(b)) for b in batches])
+    print(f"{len(captions)} captions from real play, {len(distinct)} distinct; batches of {args.batch} "
+          f"hold {per_batch:.0f} distinct captions on average; torch threads: {torch.get_num_threads()}")
+
+    # Labels: a caption is helpful when it mentions killing or gold (any labelling will do here).
+    helpful = [("kill" in c or "gold" in c) for c in distinct]
+    labels = [CaptionLabel(c, float(h)) for c, h in zip(distinct, helpful)]
+    retrieval = RetrievalReward()
+    retrieval.fit(labels[::2])
+    classifier = ClassifierReward()
+    classifier.fit(labels, steps=50)
+    ranker = RankerReward()
+    rng = np.random.default_rng(0)
+    pairs = [PairLabel(distinct[a], distinct[b], 0.5 if helpful[a] == helpful[b] else float(helpful[a]))
+             for a, b in rng.integers(len(distinct), size=(2000, 2))]
+    ranker.fit(pairs, steps=50)
+
+    print(f"retrieval:       {throughput(retrieval, batches, args.seconds):>12,.0f} captions/s (target 1,000,000)")
+    for name, model in (("classification", classifier), ("ranking", ranker)):
+        first = cold(model, batches[0])
+        steady = throughput(model, batches, args.seconds)
+        print(f"{name + ':':<16} {steady:>12,.0f} captions/s steady (target 200,000); "
+              f"{first:,.0f} captions/s on a fresh snapshot")
+
+    without = throughput(classifier, batches, args.seconds)
+    queue = LabelQueue(labels)
+    trainer = OnlineRewardTrainer(classifier, queue, TrainerConfig())
+    with trainer:
+        time.sleep(0.5)  # labels read, training under way
+        with_trainer = throughput(classifier, batches, args.seconds)
+        metrics = trainer.metrics
+    print(f"online trainer overhead: {with_trainer:,.0f} captions/s with the trainer running vs "
+          f"{without:,.0f} without: ratio {with_trainer / without:.2f} (target >= 0.8); "
+          f"the trainer took {metrics.steps} steps and published {metrics.published_version} snapshots meanwhile")
+
+
+if __name__ == "__main__":
+    main()
