@@ -238,13 +238,17 @@ class EmbeddedLLM:
         self.stats: dict[str, int] = {"requests": 0, "prompt_tokens": 0, "evaluated_tokens": 0, "generated_tokens": 0}
         log.info("loaded %s with %d threads in %.1f s", path.name, threads, time.perf_counter() - start)
 
-    def tokens_of(self, prompt: str) -> list[int]:
-        """The token ids the model reads for ``prompt``: the chat template around it as one user
-        message, tokenized as llama.cpp's server does for chat completions."""
+    def chat_text(self, prompt: str) -> str:
+        """``prompt`` as one user message in the model's chat template, up to the assistant's
+        first token (the text a completions endpoint would need)."""
         if self._formatter is None:
-            return self._llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
-        rendered = self._formatter(messages=[{"role": "user", "content": prompt}])
-        return self._llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True)
+            return prompt
+        return self._formatter(messages=[{"role": "user", "content": prompt}]).prompt
+
+    def tokens_of(self, prompt: str) -> list[int]:
+        """The token ids the model reads for ``prompt``, tokenized as llama.cpp's server does."""
+        templated = self._formatter is not None
+        return self._llm.tokenize(self.chat_text(prompt).encode("utf-8"), add_bos=not templated, special=templated)
 
     def generate(self, requests: Sequence[LLMRequest]) -> list[LLMReply]:
         """Answer ``requests`` one after another (llama.cpp's context is single-sequence)."""

@@ -311,24 +311,32 @@ class EndpointPool:
         return min(self.config.max_backoff_s, self.config.backoff_s * 2 ** (attempt - 1))
 
     def _acquire(self) -> _Endpoint | None:
-        """The least-loaded healthy endpoint; down endpoints whose backoff has passed are
-        health-checked first. None if every endpoint is down."""
-        now = time.monotonic()
-        with self._lock:
-            due = [e for e in self._endpoints if not e.up and e.retry_at <= now]
+        """The least-loaded healthy endpoint, counted as busy until :meth:`_release`.
+
+        Down endpoints whose backoff has passed are health-checked first. If every endpoint is
+        down, waits for the earliest one's backoff (at most ``max_backoff_s``) and checks again
+        once; None if still none is up.
+        """
+        for check in range(2):
+            now = time.monotonic()
+            with self._lock:
+                due = [e for e in self._endpoints if not e.up and e.retry_at <= now]
+                for endpoint in due:
+                    endpoint.retry_at = math.inf  # one health check at a time
             for endpoint in due:
-                endpoint.retry_at = math.inf  # one health check at a time
-        for endpoint in due:
-            self._health_check(endpoint)
-        with self._lock:
-            up = [e for e in self._endpoints if e.up]
-            if not up:
-                return None
-            turn = next(self._round_robin)
-            n = len(self._endpoints)
-            chosen = min(up, key=lambda e: (e.in_flight, (self._endpoints.index(e) - turn) % n))
-            chosen.in_flight += 1
-            return chosen
+                self._health_check(endpoint)
+            with self._lock:
+                up = [e for e in self._endpoints if e.up]
+                if up:
+                    turn, n = next(self._round_robin), len(self._endpoints)
+                    chosen = min(up, key=lambda e: (e.in_flight, (self._endpoints.index(e) - turn) % n))
+                    chosen.in_flight += 1
+                    return chosen
+                pending = [e.retry_at for e in self._endpoints if e.retry_at < math.inf]
+            if check == 0:
+                wait = min(pending) - time.monotonic() if pending else self.config.backoff_s
+                time.sleep(min(max(wait, 0.0), self.config.max_backoff_s))
+        return None
 
     def _health_check(self, endpoint: _Endpoint) -> None:
         ok = endpoint.backend.healthy()
