@@ -23,6 +23,10 @@ import yaml
 
 from kudos.errors import ConfigError
 
+if typing.TYPE_CHECKING:
+    from kudos.rewards.online import LLMConfig, RewardConfig
+    from kudos.rl.appo import APPOConfig
+
 T = TypeVar("T")
 
 
@@ -38,10 +42,52 @@ class EnvConfig:
 
 
 @dataclass
+class RunConfig:
+    """Length, outputs and bookkeeping of a training run."""
+
+    steps: int = 100_000  # env steps to train on (all envs together)
+    output_dir: str = "runs/latest"
+    policy: str = "small"  # policy network preset (see kudos.rl.policy.POLICY_PRESETS)
+    checkpoint_every_s: float = 300.0
+    log_every_s: float = 2.0  # console and TensorBoard cadence
+    torch_threads: int = 1  # intra-op threads of the learner (the envs and the LLM need the rest)
+
+
+def _appo_config() -> Any:
+    from kudos.rl.appo import APPOConfig
+
+    return APPOConfig()
+
+
+def _reward_config() -> Any:
+    from kudos.rewards.online import RewardConfig
+
+    return RewardConfig()
+
+
+def _llm_config() -> Any:
+    from kudos.rewards.online import LLMConfig
+
+    return LLMConfig()
+
+
+@dataclass
 class KudosConfig:
-    """Root of the configuration tree."""
+    """Root of the configuration tree: ``env``, ``reward``, ``llm``, ``appo`` and ``run``."""
 
     env: EnvConfig = field(default_factory=EnvConfig)
+    reward: "RewardConfig" = field(default_factory=_reward_config)
+    llm: "LLMConfig" = field(default_factory=_llm_config)
+    appo: "APPOConfig" = field(default_factory=_appo_config)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def _lazy_types() -> dict[str, Any]:
+    """The section types that live with their components (imported only when a config is built)."""
+    from kudos.rewards.online import LLMConfig, RewardConfig
+    from kudos.rl.appo import APPOConfig
+
+    return {"LLMConfig": LLMConfig, "RewardConfig": RewardConfig, "APPOConfig": APPOConfig}
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
@@ -89,13 +135,16 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
 
 
 def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, localns=_lazy_types())
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"unknown option {prefix}{unknown[0]} (known: {', '.join(sorted(names))})")
     kwargs = {name: _coerce(value, hints[name], prefix + name) for name, value in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:  # a component's own validation: say which section it was
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {exc}") from None
 
 
 def _parse_override(text: str) -> tuple[list[str], Any]:

@@ -5,7 +5,7 @@ from gymnasium.envs.registration import register, registry
 from kudos.envs.actions import ACTION_NAMES, EXTENDED_ACTIONS, NUM_ACTIONS
 from kudos.envs.captions import CaptionCounter, clean_caption, decode_caption
 from kudos.envs.nethack import DEFAULT_OBSERVATION_KEYS, EndStatus, NetHackTaskEnv, make_env
-from kudos.envs.tasks import TASKS, TaskRules, TaskSpec, Transition, get_task
+from kudos.envs.tasks import TASKS, TaskRules, TaskSpec, Transition, get_task, register_task
 
 # `gymnasium.make("kudos/Score-v0")` etc., for trainers that build envs by id.
 for _name in TASKS:
@@ -28,4 +28,5 @@ __all__ = [
     "decode_caption",
     "get_task",
     "make_env",
+    "register_task",
 ]

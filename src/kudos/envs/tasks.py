@@ -162,24 +162,47 @@ class TaskSpec:
     options: tuple[str, ...] = ()
     # End the episode (truncated) after this many steps without game time advancing.
     no_progress_timeout: int | None = None
+    # ONI's coefficient of the extrinsic reward for this task (0.1 for score-like rewards, 10 for
+    # the sparse goal tasks), and the goal preset of the LLM prompt.
+    extrinsic_coef: float = 1.0
+    goal: str = "score"
 
 
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in (
-        TaskSpec("Score", "in-game score delta; -0.01 when game time does not advance", ScoreRules),
-        TaskSpec("Staircase", "+50 on reaching dungeon level 2 (episode ends)", lambda: DepthRules(2)),
-        TaskSpec("StaircaseLvl3", "+50 on reaching dungeon level 3 (episode ends)", lambda: DepthRules(3)),
-        TaskSpec("StaircaseLvl4", "+50 on reaching dungeon level 4 (episode ends)", lambda: DepthRules(4)),
-        TaskSpec("Oracle", "+50 when the Oracle is adjacent (episode ends)", OracleRules),
+        TaskSpec(
+            "Score", "in-game score delta; -0.01 when game time does not advance", ScoreRules, extrinsic_coef=0.1
+        ),
+        TaskSpec(
+            "Staircase", "+50 on reaching dungeon level 2 (episode ends)", lambda: DepthRules(2),
+            extrinsic_coef=10.0, goal="stairs",
+        ),
+        TaskSpec(
+            "StaircaseLvl3", "+50 on reaching dungeon level 3 (episode ends)", lambda: DepthRules(3),
+            extrinsic_coef=10.0, goal="stairs",
+        ),
+        TaskSpec(
+            "StaircaseLvl4", "+50 on reaching dungeon level 4 (episode ends)", lambda: DepthRules(4),
+            extrinsic_coef=10.0, goal="stairs",
+        ),
+        TaskSpec(
+            "Oracle", "+50 when the Oracle is adjacent (episode ends)", OracleRules,
+            extrinsic_coef=10.0, goal="stairs",
+        ),
         TaskSpec(
             "Gold",
             "gold delta (gold is auto-picked up); -0.01 when game time does not advance",
             GoldRules,
             options=("pickup_types:$",),
+            goal="gold",
         ),
-        TaskSpec("Eat", "nutrition gained by eating; -0.01 when game time does not advance", EatRules),
-        TaskSpec("Scout", "newly seen map squares; -0.01 when game time does not advance", ScoutRules),
+        TaskSpec(
+            "Eat", "nutrition gained by eating; -0.01 when game time does not advance", EatRules, goal="none"
+        ),
+        TaskSpec(
+            "Scout", "newly seen map squares; -0.01 when game time does not advance", ScoutRules, goal="none"
+        ),
         TaskSpec(
             "Challenge",
             "in-game score delta, random character, no penalty (NetHack Challenge rules)",
@@ -187,9 +210,21 @@ TASKS: dict[str, TaskSpec] = {
             character="@",
             max_episode_steps=1_000_000,
             no_progress_timeout=10_000,
+            extrinsic_coef=0.1,
         ),
     )
 }
+
+
+def register_task(spec: TaskSpec, *, replace: bool = False) -> None:
+    """Add a task to the registry (``kudos train --task NAME`` and ``make_env`` find it).
+
+    ``spec.make_rules`` must be importable by name (a module-level class or function), so that
+    env worker processes can rebuild the rules.
+    """
+    if spec.name in TASKS and not replace:
+        raise ValueError(f"a task named {spec.name!r} is already registered; pass replace=True to replace it")
+    TASKS[spec.name] = spec
 
 
 def get_task(name: str) -> TaskSpec:

@@ -24,6 +24,7 @@ import gymnasium as gym
 import numpy as np
 
 from kudos.envs.nethack import DEFAULT_OBSERVATION_KEYS, NetHackTaskEnv
+from kudos.envs.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,8 @@ class VectorNetHack:
     """B NetHack task envs stepped in parallel by ``num_workers`` processes.
 
     Args:
-        task: task name, as for :class:`~kudos.envs.nethack.NetHackTaskEnv`.
+        task: task name or :class:`~kudos.envs.tasks.TaskSpec` (a spec is sent to the workers
+            as it is, so tasks registered at run time work too).
         num_envs: B, the number of envs.
         num_workers: worker processes (default: ``min(num_envs, os.cpu_count())``).
         seed: env ``i`` is reset with seed ``seed + i`` first; None for unseeded games.
@@ -143,7 +145,7 @@ class VectorNetHack:
 
     def __init__(
         self,
-        task: str = "Score",
+        task: str | TaskSpec = "Score",
         num_envs: int = 8,
         *,
         num_workers: int | None = None,

@@ -1,0 +1,294 @@
+"""The whole intrinsic-reward side of a run, behind one object: label store, LLM backend,
+annotator, reward model and its online trainer, chosen by one option (:attr:`RewardConfig.type`).
+
+A learner (kudos's or any other) calls :meth:`IntrinsicReward.submit` with the captions it saw and
+:meth:`IntrinsicReward.__call__` to score captions with the latest model; neither waits for the
+LLM.
+
+Reward types:
+
+- ``none``: no intrinsic reward (extrinsic only);
+- ``retrieval`` / ``classification``: ONI-Retrieval / ONI-Classification, from classification
+  labels; ``ranking``: ONI-Ranking, from pairwise preferences;
+- ``motif``: offline Motif, a ranker fitted once to the pairs already in the store (label a
+  pair dataset with ``kudos annotate`` first) and frozen; the LLM is not asked during training;
+- ``cosine``: the ELLM-style embedding baseline (no LLM);
+- ``ensemble``: the members listed in :attr:`RewardConfig.members`, combined as mean - k * std.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from kudos.errors import ConfigError, KudosError
+from kudos.feedback.annotator import Annotator, AnnotatorConfig, resolve_spec
+from kudos.feedback.llm import LLMBackend, make_backend
+from kudos.feedback.prompts import GOALS, PromptTemplate
+from kudos.feedback.store import LabelStore, open_store
+from kudos.rewards.base import RewardModel
+from kudos.rewards.classifier import ClassifierConfig, ClassifierReward
+from kudos.rewards.embedding import EmbeddingCosineReward
+from kudos.rewards.ensemble import EnsembleReward
+from kudos.rewards.motif import train_offline_motif
+from kudos.rewards.ranker import RankerConfig, RankerReward
+from kudos.rewards.retrieval import RetrievalReward
+from kudos.rewards.shaping import NormalizerConfig, ShapingConfig
+from kudos.rewards.sources import StoreLabelSource
+from kudos.rewards.trainer import OnlineRewardTrainer, TrainerConfig, follow_annotator
+
+log = logging.getLogger(__name__)
+
+REWARD_TYPES = ("none", "retrieval", "classification", "ranking", "motif", "cosine", "ensemble")
+_MEMBER_TYPES = ("retrieval", "classification", "ranking", "cosine")
+
+
+def default_store_path() -> str:
+    """The label store shared by all runs of this user: ``$KUDOS_CACHE_DIR/labels.sqlite``
+    (default ``~/.cache/kudos/labels.sqlite``), so no run asks what another already asked."""
+    import os
+
+    return str(Path(os.environ.get("KUDOS_CACHE_DIR", Path.home() / ".cache" / "kudos")) / "labels.sqlite")
+
+
+@dataclass
+class LLMConfig:
+    """Which LLM labels captions and where the labels live.
+
+    ``backend``: ``"embedded"`` (the in-process model shipped on PyPI) or comma-separated
+    OpenAI-compatible endpoints (``http://host:8000/v1,http://host2:8000/v1``). ``threads``:
+    llama.cpp threads for the embedded model (1 shares the cores best with training).
+    ``store``: SQLite path or ``postgresql://`` URL; default: the per-user shared store.
+    ``format``: ``"short"`` (one answer token) or ``"long"`` (ONI's reasoning format, for
+    large models).
+    """
+
+    backend: str = "embedded"
+    threads: int = 1
+    store: str | None = None
+    format: str = "short"
+    batch_size: int = 8
+
+
+@dataclass
+class RewardConfig:
+    """The intrinsic reward and how it is mixed with the extrinsic one.
+
+    ``r = c_ext * clip(ext_scale * r_env, +-ext_clip) + c_int * shape(r_int) / N_episode^beta``.
+    ``c_ext``: None takes the task's ONI preset (0.1 Score, 10 staircase and oracle tasks); 0 is
+    the reward-free setting. ``goal``: the LLM prompt's goal preset (None: the task's).
+    ``members``/``ensemble_k``: for ``type="ensemble"``. ``motif_steps``: gradient steps of the
+    offline Motif fit.
+    """
+
+    type: str = "classification"
+    goal: str | None = None
+    c_ext: float | None = None
+    ext_scale: float = 1.0
+    ext_clip: float = 100.0
+    c_int: float = 0.4
+    beta: float = 3.0
+    episode_cap: float | None = None
+    intrinsic: NormalizerConfig = field(default_factory=NormalizerConfig)
+    members: str = "classification,cosine"
+    ensemble_k: float = 1.0
+    motif_steps: int = 2000
+
+    def __post_init__(self) -> None:
+        if self.type not in REWARD_TYPES:
+            raise ConfigError(f"unknown reward type {self.type!r}; use one of {', '.join(REWARD_TYPES)}")
+        if self.goal is not None and self.goal not in GOALS:
+            raise ConfigError(f"unknown goal preset {self.goal!r}; use one of {', '.join(GOALS)}")
+        if self.type == "ensemble":
+            bad = [m for m in self.member_types if m not in _MEMBER_TYPES]
+            if bad or len(self.member_types) < 2:
+                raise ConfigError(
+                    f"reward.members must list two or more of {', '.join(_MEMBER_TYPES)}, got {self.members!r}"
+                )
+
+    @property
+    def member_types(self) -> list[str]:
+        return [m.strip() for m in self.members.split(",") if m.strip()]
+
+    def shaping(self, task_extrinsic_coef: float) -> ShapingConfig:
+        """The :class:`ShapingConfig` for a task whose ONI preset is ``task_extrinsic_coef``."""
+        return ShapingConfig(
+            c_ext=task_extrinsic_coef if self.c_ext is None else self.c_ext,
+            ext_scale=self.ext_scale,
+            ext_clip=self.ext_clip,
+            c_int=0.0 if self.type == "none" else self.c_int,
+            beta=self.beta,
+            episode_cap=self.episode_cap,
+            intrinsic=self.intrinsic,
+        )
+
+
+class IntrinsicReward:
+    """The intrinsic-reward service of one run (see the module docstring). Built stopped: call
+    :meth:`start` (after :meth:`load_state_dict` when resuming), and :meth:`close` at the end.
+
+    Args:
+        config: the reward choice; ``type`` must not be ``"none"``.
+        llm: LLM and label-store settings.
+        goal: the goal preset to use when ``config.goal`` is None (the task's).
+        trainer: pace of the online reward-model trainers.
+    """
+
+    def __init__(
+        self, config: RewardConfig, llm: LLMConfig, goal: str, trainer: TrainerConfig | None = None
+    ) -> None:
+        if config.type == "none":
+            raise ConfigError("reward type 'none' has no intrinsic reward")
+        self.config = config
+        self.goal = config.goal or goal
+        self.llm = llm
+        self._trainer_config = trainer or TrainerConfig()
+        self.store: LabelStore | None = None
+        self.backend: LLMBackend | None = None
+        self.annotators: dict[str, Annotator] = {}
+        self.trainers: list[OnlineRewardTrainer] = []
+        types = config.member_types if config.type == "ensemble" else [config.type]
+        try:
+            members = [self._build(t) for t in types]
+        except BaseException:
+            self.close()
+            raise
+        self.model: RewardModel = (
+            EnsembleReward(members, k=config.ensemble_k) if config.type == "ensemble" else members[0]
+        )
+
+    # --- construction ----------------------------------------------------------------------------
+
+    def _template(self, kind: str) -> PromptTemplate:
+        return PromptTemplate(kind=kind, goal=self.goal, format=self.llm.format)  # type: ignore[arg-type]
+
+    def _open_llm(self) -> None:
+        if self.store is None:
+            location = self.llm.store or default_store_path()
+            if "://" not in location:
+                Path(location).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            self.store = open_store(Path(location).expanduser() if "://" not in location else location)
+        if self.backend is None:
+            self.backend = make_backend(self.llm.backend, threads=self.llm.threads)
+
+    def _annotator(self, kind: str) -> Annotator:
+        if kind not in self.annotators:
+            self._open_llm()
+            assert self.store is not None and self.backend is not None
+            annotator = Annotator(
+                self.backend, self.store, self._template(kind), AnnotatorConfig(batch_size=self.llm.batch_size)
+            )
+            self.annotators[kind] = annotator
+        return self.annotators[kind]
+
+    def _build(self, kind: str) -> RewardModel:
+        if kind == "cosine":
+            return EmbeddingCosineReward(GOALS[self.goal])
+        if kind == "motif":
+            return self._offline_motif()
+        model: RewardModel
+        if kind == "retrieval":
+            model, question = RetrievalReward(), "classify"
+        elif kind == "classification":
+            model, question = ClassifierReward(ClassifierConfig()), "classify"
+        else:
+            model, question = RankerReward(RankerConfig()), "rank"
+        self.trainers.append(follow_annotator(model, self._annotator(question), self._trainer_config))
+        return model
+
+    def _offline_motif(self) -> RewardModel:
+        self._open_llm()
+        assert self.store is not None and self.backend is not None
+        template = self._template("rank")
+        # The same question an annotator asks (for small models: pairs derived from scores).
+        spec = resolve_spec(template, self.backend)
+        source = StoreLabelSource(self.store, spec.version_hash, self.backend.model_id)
+        pairs, _ = source.read(0, 10_000_000)
+        if not pairs:
+            raise KudosError(
+                f"offline Motif found no pair labels for goal {self.goal!r} and model "
+                f"{self.backend.model_id!r} in {self.llm.store or default_store_path()}: label a pair "
+                "dataset with `kudos annotate --pairs` first"
+            )
+        log.info("offline Motif: fitting a ranker to %d stored pair labels", len(pairs))
+        return train_offline_motif(pairs, steps=self.config.motif_steps)
+
+    def start(self) -> IntrinsicReward:
+        """Start the annotators and trainers (after :meth:`load_state_dict` when resuming)."""
+        for annotator in self.annotators.values():
+            annotator.start()
+        for trainer in self.trainers:
+            trainer.start()
+        return self
+
+    # --- use ---------------------------------------------------------------------------------
+
+    def __call__(self, captions: Sequence[str]) -> np.ndarray:
+        """Intrinsic rewards of ``captions`` (N strings) under the latest model: float32 ``(N,)``.
+
+        A step without a message (``""``) earns nothing, whatever the model would say of it:
+        there is no event to reward, and it is never sent to the LLM.
+        """
+        empty = np.fromiter((c == "" for c in captions), dtype=bool, count=len(captions))
+        return np.where(empty, np.float32(0.0), self.model(captions)).astype(np.float32, copy=False)
+
+    def submit(self, captions: Sequence[str]) -> None:
+        """Hand captions to the annotators (returns at once; known captions and ``""`` are skipped)."""
+        worth_asking = [c for c in captions if c]
+        for annotator in self.annotators.values():
+            annotator.submit(worth_asking)
+
+    def metrics(self) -> dict[str, float]:
+        """Annotator and reward-model-trainer counters, flattened for logging."""
+        out: dict[str, float] = {}
+        for kind, annotator in self.annotators.items():
+            m = annotator.metrics()
+            out.update({
+                f"llm/{kind}/labels": m.labels,
+                f"llm/{kind}/labels_per_s": m.labels_per_s,
+                f"llm/{kind}/queue_depth": m.queue_depth,
+                f"llm/{kind}/cache_hit_rate": m.cache_hit_rate,
+                f"llm/{kind}/parse_failures": m.parse_failures,
+                f"llm/{kind}/server_errors": m.server_errors,
+                f"llm/{kind}/dropped": m.dropped,
+            })
+        for i, trainer in enumerate(self.trainers):
+            m = trainer.metrics
+            out[f"reward_model/{i}/labels"] = m.labels
+            out[f"reward_model/{i}/steps"] = m.steps
+            if m.validation_accuracy is not None:
+                out[f"reward_model/{i}/validation_accuracy"] = m.validation_accuracy
+            if m.train_accuracy is not None:
+                out[f"reward_model/{i}/train_accuracy"] = m.train_accuracy
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "trainers": [t.state_dict() for t in self.trainers],
+            "annotators": {kind: a.state_dict() for kind, a in self.annotators.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        if len(state["trainers"]) != len(self.trainers) or set(state["annotators"]) != set(self.annotators):
+            raise ConfigError("the checkpoint was made with another reward type; resume with the same options")
+        for trainer, saved in zip(self.trainers, state["trainers"]):
+            trainer.load_state_dict(saved)
+        for kind, saved in state["annotators"].items():
+            self.annotators[kind].load_state_dict(saved)
+
+    def close(self) -> None:
+        """Stop trainers and annotators, then release the LLM and the store."""
+        for trainer in self.trainers:
+            trainer.stop()
+        for annotator in self.annotators.values():
+            annotator.close()
+        if self.backend is not None:
+            self.backend.close()
+        if self.store is not None:
+            self.store.close()

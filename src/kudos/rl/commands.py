@@ -1,0 +1,131 @@
+"""The ``kudos train`` subcommand: options, live display, resume."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from kudos.errors import KudosError
+
+console = Console()
+
+# (figure key, label, format) shown in the live table, in order; absent figures are skipped.
+_DISPLAY: tuple[tuple[str, str, str], ...] = (
+    ("throughput/env_steps_per_s", "env steps/s", "{:,.0f}"),
+    ("episode/return", "episode return (last 100)", "{:.2f}"),
+    ("episode/length", "episode length", "{:.0f}"),
+    ("episode/success_rate", "success rate", "{:.0%}"),
+    ("intrinsic/mean", "intrinsic reward mean", "{:.4f}"),
+    ("intrinsic/nonzero_fraction", "intrinsic reward non-zero", "{:.1%}"),
+    ("llm/classify/labels", "labels (classify)", "{:,.0f}"),
+    ("llm/classify/queue_depth", "LLM queue (classify)", "{:,.0f}"),
+    ("llm/classify/labels_per_s", "labels/s (classify)", "{:.2f}"),
+    ("llm/rank/labels", "labels (rank)", "{:,.0f}"),
+    ("llm/rank/queue_depth", "LLM queue (rank)", "{:,.0f}"),
+    ("llm/rank/labels_per_s", "labels/s (rank)", "{:.2f}"),
+    ("reward_model/0/validation_accuracy", "reward model val. accuracy", "{:.1%}"),
+    ("learner/policy_loss", "policy loss", "{:.4f}"),
+    ("learner/entropy", "entropy", "{:.3f}"),
+)
+
+
+def register(subparsers: Any) -> None:
+    train = subparsers.add_parser(
+        "train",
+        help="train an agent with online intrinsic rewards from LLM feedback",
+        description="Train with APPO on a NetHack task while the LLM labels captions and the reward "
+        "model learns. Any option of the config tree can be set with --set section.key=value "
+        "(sections: env, reward, llm, appo, run).",
+    )
+    train.add_argument("--task", help="task name (see `kudos tasks`); default Score")
+    train.add_argument(
+        "--reward",
+        help="intrinsic reward: none, retrieval, classification (default), ranking, motif, cosine, ensemble",
+    )
+    train.add_argument("--llm", help="'embedded' (default) or OpenAI-compatible endpoints, comma-separated")
+    train.add_argument("--store", help="label store: SQLite path or postgresql:// URL (default: per-user store)")
+    train.add_argument("--steps", type=int, help="env steps to train on")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--num-envs", type=int, help="envs stepped in parallel")
+    train.add_argument("--output", help="output directory (checkpoints, TensorBoard, config)")
+    train.add_argument("--config", help="YAML config file")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
+    train.add_argument("--resume", metavar="DIR", help="continue the run in DIR (its config, plus overrides)")
+    train.set_defaults(handler=run_train)
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    flags = {
+        "env.task": args.task,
+        "reward.type": args.reward,
+        "llm.backend": args.llm,
+        "llm.store": args.store,
+        "run.steps": args.steps,
+        "env.seed": args.seed,
+        "env.num_envs": args.num_envs,
+        "run.output_dir": args.output,
+    }
+    return [f"{key}={value}" for key, value in flags.items() if value is not None] + list(args.set)
+
+
+def _table(progress: Any, figures: dict[str, float], total: int) -> Table:
+    table = Table(title=f"kudos train: {progress.env_steps:,} / {total:,} env steps", title_justify="left")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_row("updates", f"{progress.updates:,}")
+    table.add_row("episodes", f"{progress.episodes:,}")
+    for key, label, fmt in _DISPLAY:
+        if key in figures:
+            table.add_row(label, fmt.format(figures[key]))
+    return table
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from kudos.config import load_config
+    from kudos.rl.runner import Trainer, resume_config
+
+    if args.resume and args.config:
+        raise KudosError("--resume takes the run's own config; leave out --config (use --set to change options)")
+    if args.resume:
+        config = resume_config(args.resume, _overrides(args) + [f"run.output_dir={args.resume}"])
+    else:
+        config = load_config(args.config, _overrides(args))
+    if config.run.steps < 1:
+        raise KudosError(f"run.steps must be >= 1, got {config.run.steps}")
+
+    interactive = console.is_terminal
+    live = Live(console=console, auto_refresh=False) if interactive else None
+    last_line = 0.0
+
+    def show(progress: Any, figures: dict[str, float]) -> None:
+        nonlocal last_line
+        if live is not None:
+            live.update(_table(progress, figures, config.run.steps), refresh=True)
+        elif time.monotonic() - last_line >= 10 or progress.env_steps >= config.run.steps:
+            last_line = time.monotonic()
+            rate = figures.get("throughput/env_steps_per_s", 0.0)
+            ret = figures.get("episode/return")
+            labels = sum(v for k, v in figures.items() if k.endswith("/labels") and k.startswith("llm/"))
+            print(
+                f"steps {progress.env_steps:,}/{config.run.steps:,}  {rate:,.0f} steps/s  "
+                f"return {'n/a' if ret is None else f'{ret:.2f}'}  labels {labels:,.0f}",
+                flush=True,
+            )
+
+    trainer = Trainer(config, resume=bool(args.resume), on_progress=show)
+    if live is not None:
+        live.start()
+    try:
+        progress = trainer.train()
+    finally:
+        if live is not None:
+            live.stop()
+    print(f"done: {progress.env_steps:,} env steps, {progress.updates:,} updates; outputs in {config.run.output_dir}",
+          file=sys.stdout)
+    return 0

@@ -1,0 +1,292 @@
+"""``kudos train``: asynchronous APPO on a NetHack task with an intrinsic reward learned online.
+
+Who does what (each in its own thread or process, so nothing waits for the LLM):
+
+- env workers (processes, :class:`~kudos.envs.vector.VectorNetHack`) step the games;
+- the collector thread acts with a copy of the policy and hands over T-step rollouts;
+- the learner (this thread) scores the rollout's captions with the latest reward model, submits
+  them for labelling, shapes the rewards and runs one APPO update, then publishes the weights;
+- the annotator and reward-model trainer threads (:class:`~kudos.rewards.online.IntrinsicReward`)
+  label captions with the LLM and fit the reward model as labels arrive.
+
+Checkpoints hold everything needed to continue (policy, optimiser, reward model, shaping
+statistics, annotator backlog, counters, RNG states); steps collected after the last checkpoint
+are not counted, so a killed run resumes with no step counted twice, and every label it got is
+in the label store.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import yaml
+
+from kudos.config import KudosConfig, load_config
+from kudos.envs import NUM_ACTIONS, get_task
+from kudos.envs.vector import VectorNetHack
+from kudos.errors import ConfigError
+from kudos.rewards.online import IntrinsicReward
+from kudos.rewards.shaping import RewardShaper
+from kudos.rl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from kudos.rl.learner import Learner, RolloutBatch
+from kudos.rl.policy import NetHackPolicy, get_policy_config, obs_to_tensors
+from kudos.rl.rollout import Rollout, RolloutCollector
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.yaml"
+_RECENT_EPISODES = 100
+
+
+@dataclasses.dataclass
+class Progress:
+    """Counters of a run (checkpointed): env steps trained on, updates, finished episodes."""
+
+    env_steps: int = 0
+    updates: int = 0
+    episodes: int = 0
+
+
+class Stats:
+    """Rolling figures for the display and TensorBoard."""
+
+    def __init__(self) -> None:
+        self.returns: deque[float] = deque(maxlen=_RECENT_EPISODES)
+        self.lengths: deque[int] = deque(maxlen=_RECENT_EPISODES)
+        self.successes: deque[bool] = deque(maxlen=_RECENT_EPISODES)
+        self.latest: dict[str, float] = {}
+
+    def summary(self) -> dict[str, float]:
+        out = dict(self.latest)
+        if self.returns:
+            out["episode/return"] = float(np.mean(self.returns))
+            out["episode/length"] = float(np.mean(self.lengths))
+            out["episode/success_rate"] = float(np.mean(self.successes))
+        return out
+
+
+def save_config(config: KudosConfig, directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / CONFIG_NAME).write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+
+
+def resume_config(directory: str | Path, overrides: list[str]) -> KudosConfig:
+    """The config a run in ``directory`` was started with, plus ``overrides`` (e.g. more steps)."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise ConfigError(f"cannot resume: {path} not found (is {directory} a `kudos train` output directory?)")
+    return load_config(path, overrides)
+
+
+class Trainer:
+    """One training run: builds every component from ``config`` and trains to ``run.steps``.
+
+    Args:
+        config: the run's configuration.
+        resume: continue from the checkpoint in ``config.run.output_dir``.
+        on_progress: called every ``run.log_every_s`` with (progress, figures) for a live display.
+    """
+
+    def __init__(
+        self,
+        config: KudosConfig,
+        resume: bool = False,
+        on_progress: Callable[[Progress, dict[str, float]], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.task = get_task(config.env.task)
+        self.output_dir = Path(config.run.output_dir)
+        self.on_progress = on_progress
+        self.progress = Progress()
+        self.stats = Stats()
+        torch.set_num_threads(config.run.torch_threads)
+        torch.manual_seed(config.env.seed)
+        np.random.seed(config.env.seed)
+
+        policy_config = get_policy_config(config.run.policy)
+        self.policy = NetHackPolicy(policy_config, NUM_ACTIONS)
+        self.learner = Learner(self.policy, config.appo)
+        self.shaper = RewardShaper(config.reward.shaping(self.task.extrinsic_coef), config.env.num_envs)
+        self.reward: IntrinsicReward | None = None
+        if config.reward.type != "none":
+            self.reward = IntrinsicReward(config.reward, config.llm, self.task.goal)
+
+        checkpoint = load_checkpoint(self.output_dir) if resume else None
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        # Resumed runs play new games: reseed so they do not replay the first run's episodes.
+        env_seed = config.env.seed + 1_000_003 * self.progress.updates
+        self.vec = VectorNetHack(
+            self.task,
+            config.env.num_envs,
+            num_workers=config.env.num_workers,
+            seed=env_seed,
+            max_episode_steps=config.env.max_episode_steps,
+        )
+        self.collector = RolloutCollector(self.vec, copy.deepcopy(self.policy), config.appo.rollout)
+        self.collector.publish(self.policy.state_dict(), self.learner.updates)
+        self._rollouts: queue.Queue[Rollout | BaseException] = queue.Queue(maxsize=1)
+        self._stop = threading.Event()
+        self._collector_thread = threading.Thread(target=self._collect, name="kudos-collector", daemon=True)
+        self.tensorboard: Any = None
+
+    # --- checkpoints -------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "progress": dataclasses.asdict(self.progress),
+            "learner": self.learner.state_dict(),
+            "shaper": self.shaper.state_dict(),
+            "reward": self.reward.state_dict() if self.reward is not None else None,
+            "rng": rng_state(),
+            "task": self.task.name,
+            "reward_type": self.config.reward.type,
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        if state["task"] != self.task.name or state["reward_type"] != self.config.reward.type:
+            raise ConfigError(
+                f"the checkpoint is of a {state['task']} run with reward {state['reward_type']!r}; "
+                f"resume it with the same task and reward"
+            )
+        self.progress = Progress(**state["progress"])
+        self.learner.load_state_dict(state["learner"])
+        self.shaper.load_state_dict(state["shaper"])
+        if self.reward is not None:
+            self.reward.load_state_dict(state["reward"])
+        set_rng_state(state["rng"])
+        log.info("resumed at %d env steps, %d updates", self.progress.env_steps, self.progress.updates)
+
+    def checkpoint(self) -> Path:
+        return save_checkpoint(self.output_dir, self.state_dict())
+
+    # --- threads -----------------------------------------------------------------------------
+
+    def _collect(self) -> None:
+        try:
+            while not self._stop.is_set():
+                rollout = self.collector.collect()
+                while not self._stop.is_set():
+                    try:
+                        self._rollouts.put(rollout, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as exc:  # handed to the learner thread, which re-raises it
+            self._rollouts.put(exc)
+
+    def _next_rollout(self) -> Rollout:
+        while True:
+            try:
+                item = self._rollouts.get(timeout=1.0)
+            except queue.Empty:
+                if not self._collector_thread.is_alive():
+                    raise RuntimeError("the rollout collector stopped unexpectedly") from None
+                continue
+            if isinstance(item, BaseException):
+                raise item
+            return item
+
+    # --- learning ----------------------------------------------------------------------------
+
+    def _rewards(self, rollout: Rollout) -> tuple[np.ndarray, np.ndarray]:
+        """Shaped rewards ``(T, B)`` and the raw intrinsic rewards ``(T, B)`` of a rollout."""
+        flat = [c for row in rollout.captions for c in row]
+        if self.reward is None:
+            r_int = np.zeros_like(rollout.env_rewards)
+        else:
+            self.reward.submit(list(dict.fromkeys(flat)))
+            r_int = self.reward(flat).reshape(rollout.env_rewards.shape)
+        shaped = self.shaper(rollout.env_rewards, r_int, rollout.caption_counts, rollout.dones[1:])
+        return shaped, r_int
+
+    def _batch(self, rollout: Rollout, rewards: np.ndarray) -> RolloutBatch:
+        return RolloutBatch(
+            obs=obs_to_tensors(rollout.obs),
+            actions=torch.from_numpy(rollout.actions),
+            behaviour_log_probs=torch.from_numpy(rollout.log_probs),
+            behaviour_values=torch.from_numpy(rollout.values),
+            rewards=torch.from_numpy(rewards),
+            dones=torch.from_numpy(rollout.dones),
+            initial_core_state=rollout.initial_core_state,
+        )
+
+    def _record(self, rollout: Rollout, r_int: np.ndarray, update_stats: dict[str, float]) -> None:
+        for episode in rollout.episodes:
+            self.stats.returns.append(episode.ret)
+            self.stats.lengths.append(episode.length)
+            self.stats.successes.append(episode.success)
+        self.progress.episodes += len(rollout.episodes)
+        latest = {f"learner/{k}": v for k, v in update_stats.items()}
+        latest["reward/extrinsic_per_step"] = float(rollout.env_rewards.mean())
+        latest["intrinsic/mean"] = float(r_int.mean())
+        latest["intrinsic/nonzero_fraction"] = float(np.mean(r_int != 0))
+        latest["learner/policy_lag"] = float(self.learner.updates - 1 - rollout.policy_version)
+        self.stats.latest = latest
+
+    def _report(self, started: float, steps_at_start: int) -> None:
+        figures = self.stats.summary()
+        elapsed = max(time.monotonic() - started, 1e-9)
+        figures["throughput/env_steps_per_s"] = (self.progress.env_steps - steps_at_start) / elapsed
+        if self.reward is not None:
+            figures.update(self.reward.metrics())
+        if self.tensorboard is not None:
+            for key, value in figures.items():
+                self.tensorboard.add_scalar(key, value, self.progress.env_steps)
+        if self.on_progress is not None:
+            self.on_progress(self.progress, figures)
+
+    def train(self) -> Progress:
+        """Train until ``run.steps`` env steps; returns the final counters."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        save_config(self.config, self.output_dir)
+        self.tensorboard = SummaryWriter(str(self.output_dir / "tensorboard"))
+        if self.reward is not None:
+            self.reward.start()
+        self._collector_thread.start()
+        started, steps_at_start = time.monotonic(), self.progress.env_steps
+        next_report = started
+        next_checkpoint = started + self.config.run.checkpoint_every_s
+        try:
+            while self.progress.env_steps < self.config.run.steps:
+                rollout = self._next_rollout()
+                rewards, r_int = self._rewards(rollout)
+                update_stats = self.learner.update(self._batch(rollout, rewards))
+                self.collector.publish(self.policy.state_dict(), self.learner.updates)
+                self.progress.updates = self.learner.updates
+                self.progress.env_steps += rollout.num_steps
+                self._record(rollout, r_int, update_stats)
+                now = time.monotonic()
+                if now >= next_report:
+                    self._report(started, steps_at_start)
+                    next_report = now + self.config.run.log_every_s
+                if now >= next_checkpoint:
+                    self.checkpoint()
+                    next_checkpoint = now + self.config.run.checkpoint_every_s
+            self._report(started, steps_at_start)
+            self.checkpoint()
+        finally:
+            self.close()
+        return self.progress
+
+    def close(self) -> None:
+        """Stop every thread and process of the run (idempotent)."""
+        self._stop.set()
+        if self._collector_thread.is_alive():
+            self._collector_thread.join(timeout=30)
+        self.vec.close()
+        if self.reward is not None:
+            self.reward.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
