@@ -16,11 +16,10 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# The main job on embedded defaults: list the tasks, then play a short random-agent episode and
-# print its captions (the trainer will replace the episode with a short training run).
+# The main job on embedded defaults: a short training run on NetHackScore with ONI-Classification
+# rewards, the embedded LLM labelling captions as the agent plays.
 run: install
-	$(VENV)/bin/kudos tasks
-	$(VENV)/bin/kudos eval --task Score --policy random --episodes 1 --max-steps 300 --seed 0 --show-captions
+	$(VENV)/bin/kudos train --task Score --reward classification --steps 30000 --output runs/demo
 
 # PostgreSQL server binaries for the label-store parity tests (Debian's package; installed when
 # running as root, as CI does; without them those tests skip and say why).
