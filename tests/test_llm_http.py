@@ -6,8 +6,10 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -18,7 +20,7 @@ import httpx
 import pytest
 
 from kudos.errors import KudosError
-from kudos.feedback.embedded import MODEL_ID, EmbeddedLLM, start_server
+from kudos.feedback.embedded import MODEL_ID, EmbeddedLLM, start_server, wait_for_server
 from kudos.feedback.llm import (
     EndpointPool,
     HTTPConfig,
@@ -161,16 +163,7 @@ def upstream() -> Iterator[str]:
     process = start_server(port=port, threads=1)
     url = f"http://127.0.0.1:{port}/v1"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert process.poll() is None, f"llama_cpp.server exited with code {process.returncode}"
-            try:
-                if httpx.get(url + "/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "llama_cpp.server did not come up in 180 s"
-            time.sleep(0.3)
+        wait_for_server(url, process)
         yield url
     finally:
         process.terminate()
@@ -362,3 +355,23 @@ def test_dead_endpoint_is_skipped_until_healthy_again(upstream: str) -> None:
     pool.close()
     alive.close()
     dead.close()
+
+
+def test_kudos_llm_serve_serves_the_embedded_model(upstream: str) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kudos.cli", "llm", "serve", "--port", str(port), "--threads", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        wait_for_server(url, process)
+        assert [m["id"] for m in httpx.get(url + "/models").json()["data"]] == [MODEL_ID]
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+        assert f"at {url}" in process.stdout.read().decode()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

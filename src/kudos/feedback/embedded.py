@@ -22,14 +22,16 @@ import importlib
 import logging
 import math
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
+import httpx
 import numpy as np
 
 from kudos.errors import KudosError
@@ -359,20 +361,49 @@ def start_server(
     return subprocess.Popen(command, env=env)
 
 
+def wait_for_server(base_url: str, process: subprocess.Popen[bytes] | None = None, timeout_s: float = 180.0) -> None:
+    """Block until ``{base_url}/models`` answers 200; :class:`LLMError` if ``process`` exits first
+    or ``timeout_s`` passes (loading the model takes seconds; more on a busy machine)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process is not None and process.poll() is not None:
+            raise LLMError(f"the LLM server exited with code {process.returncode} before it was ready")
+        try:
+            if httpx.get(base_url + "/models", timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise LLMError(f"the LLM server at {base_url} was not ready after {timeout_s:.0f} s")
+        time.sleep(0.3)
+
+
 def serve(
     host: str = "127.0.0.1",
     port: int = 8080,
     threads: int | None = None,
     n_ctx: int = 2048,
     passive_wait: bool = False,
+    on_ready: Callable[[str], None] | None = None,
 ) -> int:
     """Run the server on the embedded model until it exits or Ctrl-C; returns its exit code.
 
-    Clients reach it at ``http://{host}:{port}/v1`` with model name :data:`MODEL_ID`.
+    Clients reach it at ``http://{host}:{port}/v1`` with model name :data:`MODEL_ID`; ``on_ready``
+    is called with that URL once the server answers.
     """
     process = start_server(host, port, threads, n_ctx, passive_wait)
+    url = f"http://{host}:{port}/v1"
     try:
+        wait_for_server(url, process)
+        log.info("serving %s at %s", MODEL_ID, url)
+        if on_ready is not None:
+            on_ready(url)
         return process.wait()
     except KeyboardInterrupt:
-        process.terminate()
-        return process.wait()
+        # Ctrl-C is the normal way to stop a server: let it shut down cleanly (exit code 0).
+        process.send_signal(signal.SIGINT)
+        try:
+            return process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait()
