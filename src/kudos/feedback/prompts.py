@@ -36,7 +36,7 @@ PAIR_NONE, PAIR_FIRST, PAIR_SECOND = 0, 1, 2
 # One line of intent per preset; "none" gives the model no goal beyond the game itself.
 GOALS: dict[str, str] = {
     "score": (
-        "My goal is a high game score: killing monsters, gaining experience levels, collecting "
+        "My goal is a high game score: killing monsters, reaching new experience levels, picking up "
         "gold and useful items, and going deeper into the dungeon all count as progress."
     ),
     "gold": (
@@ -91,6 +91,9 @@ _EXAMPLES: dict[str, tuple[tuple[str, int], ...]] = {
 # Opens every prompt: backends wrap the prompt as one user message in the model's chat template,
 # so the role the model should take is stated here rather than in a system turn.
 ROLE = "You are an expert NetHack player who judges honestly whether game events show progress."
+# Small models miss that inventory lines are pickups (embedded model, short score prompt: 42/51
+# hand labels agreed without this line, 44/51 with it).
+PICKUP_HINT = 'In NetHack, a message like "$ - 12 gold pieces." or "f - a dagger." means I picked that item up.'
 
 _LONG_MAX_TOKENS = 512  # room for ONI-style knowledge + analysis + label
 _REASK_LONG_MAX_TOKENS = 16  # the re-ask wants the tag line only
@@ -103,7 +106,10 @@ def _quote(caption: str) -> str:
 def _classify_text(goal: str, fmt: Format) -> str:
     """The user message up to (not including) the caption."""
     examples = _EXAMPLES[goal]
-    intro = f"{ROLE}\nI am playing NetHack and will show you one message the game printed.\n{GOALS[goal]}\n"
+    intro = (
+        f"{ROLE}\nI am playing NetHack and will show you one message the game printed.\n{GOALS[goal]}\n"
+        f"{PICKUP_HINT}\n"
+    )
     if fmt == "short":
         lines = [
             intro,
@@ -138,7 +144,7 @@ def _rank_text(goal: str, fmt: Format) -> str:
     """The user message up to (not including) the first caption."""
     intro = (
         f"{ROLE}\nI am playing NetHack and will show you two messages the game printed, message 1 and "
-        f"message 2.\n{GOALS[goal]}\n"
+        f"message 2.\n{GOALS[goal]}\n{PICKUP_HINT}\n"
     )
     if fmt == "short":
         return (
