@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from kudos.errors import KudosError
 from kudos.feedback.annotator import Annotator, AnnotatorConfig, AnnotatorMetrics, Labeler
 from kudos.feedback.llm import LLMError, LLMReply, LLMRequest
 from kudos.feedback.prompts import PAIR_FIRST, PAIR_NONE, PAIR_SECOND, PairwiseFromPointwise, PromptTemplate
@@ -367,3 +368,15 @@ def test_pairwise_prompt_for_large_models(backend: FaultyBackend, store: FaultyS
     assert all(isinstance(item, tuple) for item in backend.asked)
     assert len(state["reservoir"]) == 4 and state["reservoir_seen"] == len(RANK_CAPTIONS)
 
+
+
+@pytest.mark.parametrize("options", [{"batch_size": 0}, {"oldest_per_batch": 9}, {"max_backlog": 0},
+                                     {"pairwise": "sometimes"}])
+def test_bad_config_is_a_user_error(options: dict[str, object]) -> None:
+    with pytest.raises(KudosError, match="annotator"):
+        AnnotatorConfig(**options)  # type: ignore[arg-type]
+
+
+def test_submit_rejects_a_bare_string(backend: FaultyBackend, store: FaultyStore) -> None:
+    with pytest.raises(TypeError):
+        Annotator(backend, store, PromptTemplate()).submit("You kill the newt!")

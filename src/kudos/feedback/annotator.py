@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from kudos.errors import ConfigError
 from kudos.feedback.llm import LLMBackend, LLMError, LLMReply, LLMRequest
 from kudos.feedback.parse import derive_preference, parse_label
 from kudos.feedback.prompts import LabelSpec, PairwiseFromPointwise, PromptTemplate
@@ -210,6 +211,15 @@ class AnnotatorConfig:
     max_backoff_s: float = 30.0
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.max_backlog < 1 or self.batch_size < 1 or not 0 <= self.oldest_per_batch <= self.batch_size:
+            raise ConfigError(
+                "annotator: need max_backlog >= 1, batch_size >= 1 and 0 <= oldest_per_batch <= batch_size, got "
+                f"{self.max_backlog}, {self.batch_size}, {self.oldest_per_batch}"
+            )
+        if self.pairwise not in ("auto", "prompt", "pointwise"):
+            raise ConfigError(f"annotator: pairwise must be auto, prompt or pointwise, got {self.pairwise!r}")
+
 
 @dataclass(frozen=True)
 class AnnotatorMetrics:
@@ -303,6 +313,8 @@ class Annotator:
     def submit(self, captions: Iterable[str]) -> None:
         """Queue captions for labelling; returns at once. Known, waiting and in-flight captions are
         skipped; when the backlog is full the rest of the call is dropped and counted."""
+        if isinstance(captions, str):
+            raise TypeError("submit() takes an iterable of captions, not one string")
         with self._lock:
             for caption in captions:
                 if caption in self._seen:
@@ -328,8 +340,7 @@ class Annotator:
         with self._lock:
             c = self._counts
             now = time.monotonic()
-            while c.rate and c.rate[0][0] < now - _RATE_WINDOW_S:
-                c.rate.popleft()
+            self._prune_rate(now)
             looked_up = c.cache_hits + c.cache_misses
             return AnnotatorMetrics(
                 queue_depth=len(self._intake) + len(self._restored) + len(self._pending),
@@ -532,6 +543,7 @@ class Annotator:
         with self._changed:
             self._counts.labels += len(own)
             self._counts.rate.append((time.monotonic(), len(own)))
+            self._prune_rate(time.monotonic())
             self._backlog -= len(own)
             subscribers = list(self._subscribers)
             self._changed.notify_all()
@@ -542,6 +554,11 @@ class Annotator:
                 log.exception("annotator: label subscriber failed")
                 with self._lock:
                     self._counts.subscriber_errors += 1
+
+    def _prune_rate(self, now: float) -> None:
+        """Drop label counts older than the rate window; caller holds the lock."""
+        while self._counts.rate and self._counts.rate[0][0] < now - _RATE_WINDOW_S:
+            self._counts.rate.popleft()
 
     def _sleep_backoff(self) -> None:
         """Wait after a fault: backoff_s, doubling per consecutive fault up to max_backoff_s."""
