@@ -104,22 +104,20 @@ def test_scores_captions_with_the_answer_token_probability(llm: EmbeddedLLM) -> 
 
 
 def test_shared_prefix_stays_in_the_kv_cache(llm: EmbeddedLLM) -> None:
-    template, other = PromptTemplate(goal="score"), PromptTemplate(goal="gold")
+    template = PromptTemplate()
     caption = "You find a hidden passage."
-    (cold,) = llm.generate([other.request("You hear some noises.")])
-    before = dict(llm.stats)
-    (first,) = llm.generate([template.request(caption)])  # after another template: re-evaluated
-    middle = dict(llm.stats)
-    (warm,) = llm.generate([template.request("The door opens.")])
-    (again,) = llm.generate([template.request(caption)])  # same prefix: only the tail is evaluated
-    after = dict(llm.stats)
     prompt_tokens = len(llm.tokens_of(template.render(caption)))
-    assert middle["evaluated_tokens"] - before["evaluated_tokens"] > prompt_tokens // 2
-    per_warm_request = (after["evaluated_tokens"] - middle["evaluated_tokens"]) / 2
-    assert per_warm_request < prompt_tokens / 4
-    # The cache changes the work, not the answer.
-    assert first.p_positive == pytest.approx(again.p_positive, abs=1e-3)
-    assert cold.p_positive is not None and warm.p_positive is not None
+    llm.clear_cache()
+    before = dict(llm.stats)
+    (cold,) = llm.generate([template.request(caption)])
+    middle = dict(llm.stats)
+    llm.generate([template.request("The door opens.")])
+    (warm,) = llm.generate([template.request(caption)])  # same prefix: only the tail is evaluated
+    after = dict(llm.stats)
+    assert middle["evaluated_tokens"] - before["evaluated_tokens"] == prompt_tokens
+    assert (after["evaluated_tokens"] - middle["evaluated_tokens"]) / 2 < prompt_tokens / 4
+    # The cache changes the work, not the answer (up to float rounding of other batch shapes).
+    assert warm.p_positive == pytest.approx(cold.p_positive, abs=0.02)
 
 
 def test_generates_longer_replies_and_stops_at_end_of_turn(llm: EmbeddedLLM) -> None:

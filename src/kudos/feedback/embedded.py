@@ -257,6 +257,11 @@ class EmbeddedLLM:
         with self._lock:
             return [self._answer(request) for request in requests]
 
+    def clear_cache(self) -> None:
+        """Forget the cached prompt: the next request evaluates its whole prompt."""
+        with self._lock:
+            self._llm.n_tokens = 0
+
     def close(self) -> None:
         self._llm.close()
 
