@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import logging
-import math
 import os
 import signal
 import subprocess
@@ -35,7 +34,7 @@ import httpx
 import numpy as np
 
 from kudos.errors import KudosError
-from kudos.feedback.llm import LLMError, LLMReply, LLMRequest
+from kudos.feedback.llm import LLMError, LLMReply, LLMRequest, logsumexp, sigmoid
 
 log = logging.getLogger(__name__)
 
@@ -178,11 +177,6 @@ def _import_llama_cpp(passive_wait: bool) -> Any:
     return llama_cpp
 
 
-def _logsumexp(values: np.ndarray) -> float:
-    top = float(values.max())
-    return top + math.log(float(np.exp(values - top).sum()))
-
-
 class EmbeddedLLM:
     """In-process llama.cpp backend (an :class:`~kudos.feedback.llm.LLMBackend`).
 
@@ -229,8 +223,8 @@ class EmbeddedLLM:
             eos, bos = self._llm.token_eos(), self._llm.token_bos()
             self._formatter = Jinja2ChatFormatter(
                 template=template,
-                eos_token=self._llm._model.token_get_text(eos) if eos != -1 else "",
-                bos_token=self._llm._model.token_get_text(bos) if bos != -1 else "",
+                eos_token=self._llm.detokenize([eos], special=True).decode() if eos != -1 else "",
+                bos_token=self._llm.detokenize([bos], special=True).decode() if bos != -1 else "",
             )
         else:
             log.warning("%s has no chat template; prompts are sent as plain text", path)
@@ -324,8 +318,7 @@ class EmbeddedLLM:
         if pair is None:
             return None
         # logP(a1) - logP(a0): the softmax normaliser cancels, so raw logits suffice.
-        margin = _logsumexp(logits[pair[1]]) - _logsumexp(logits[pair[0]])
-        return 1.0 / (1.0 + math.exp(-margin))
+        return sigmoid(logsumexp(logits[pair[1]].tolist()) - logsumexp(logits[pair[0]].tolist()))
 
 
 def server_command(

@@ -105,6 +105,17 @@ class EndpointFault(Exception):
         self.retryable = retryable
 
 
+def logsumexp(values: Sequence[float]) -> float:
+    """log(sum(exp(v))), stable for very negative or large values."""
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values))
+
+
+def sigmoid(x: float) -> float:
+    """1 / (1 + exp(-x)), without overflow for large |x|."""
+    return 0.5 * (1.0 + math.tanh(0.5 * x))
+
+
 def p_from_top_logprobs(top: dict[str, float], answers: tuple[str, str]) -> float | None:
     """P(answers[1]) / (P(answers[0]) + P(answers[1])) from a first token's top log-probabilities.
 
@@ -119,8 +130,8 @@ def p_from_top_logprobs(top: dict[str, float], answers: tuple[str, str]) -> floa
     if not mass[0] and not mass[1]:
         return None
     floor = min(top.values())
-    lp = [math.log(sum(math.exp(v) for v in m)) if m else floor for m in mass]
-    return 1.0 / (1.0 + math.exp(lp[0] - lp[1]))
+    lp = [logsumexp(m) if m else floor for m in mass]
+    return sigmoid(lp[1] - lp[0])
 
 
 class OpenAIBackend:

@@ -39,6 +39,6 @@ def run_serve(args: argparse.Namespace) -> int:
     from kudos.feedback.embedded import MODEL_ID, serve
 
     def ready(url: str) -> None:
-        Console().print(f"serving [bold]{MODEL_ID}[/] at [bold]{url}[/] (use --llm {url}); Ctrl-C stops it")
+        Console(soft_wrap=True).print(f"serving [bold]{MODEL_ID}[/] at [bold]{url}[/] (use --llm {url}); Ctrl-C stops it")
 
     return serve(args.host, args.port, args.threads, args.n_ctx, args.passive_wait, on_ready=ready)
