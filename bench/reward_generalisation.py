@@ -9,8 +9,10 @@ Stages (each reused when its output exists, so a rerun asks the LLM nothing twic
    (``kudos.feedback``: short classification prompt, "score" goal) through a SQLite label store,
    and written to ``bench/data/reward_caption_labels.jsonl`` (LLM labels, not hand labels).
 3. evaluate: captions are split (by caption) into training and held-out; the classifier is trained
-   on the training captions only and scored on the held-out ones, next to retrieval (which can
-   only score 0 on captions it has not seen) and the majority-class baseline.
+   on the training captions only and scored on the held-out ones against the LLM's 1/0 answers,
+   next to retrieval (which can only score 0 on captions it has not seen) and the majority-class
+   baseline. Variants: char-CNN or MiniLM features, class balancing, and training on the LLM's
+   answers (1/0) or on its answer probabilities ("soft"; their 0.5 threshold is the answer).
 
 Run: ``.venv/bin/python bench/reward_generalisation.py`` (labelling ~1,200 captions takes
 ~10 minutes at ~2.5 labels/s; evaluation alone takes about a minute).
@@ -109,35 +111,41 @@ def build_dataset(args: argparse.Namespace) -> None:
     log.info("wrote %d labelled captions to %s", len(labels), DATA)
 
 
+#: (encoder, class balance, train on soft labels) variants of the classifier that are evaluated.
+VARIANTS = (("bytes", "sample", False), ("bytes", "sample", True), ("bytes", "none", True), ("minilm", "sample", True))
+
+
 def evaluate(args: argparse.Namespace) -> None:
     rows = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines() if line.strip()]
-    labels = [CaptionLabel(r["caption"], float(r["label"])) for r in rows]
-    held_out = [label for label in labels if in_validation((label.caption,), args.held_out)]
-    train = [label for label in labels if not in_validation((label.caption,), args.held_out)]
-    y = np.array([label.value for label in held_out]) >= 0.5
-    train_captions = {label.caption for label in train}
-    assert not any(label.caption in train_captions for label in held_out)
-    positives = float(np.mean([label.value >= 0.5 for label in labels]))
-    print(f"data: {len(labels)} LLM-labelled captions from real NLE play ({rows[0]['model_id']}), "
-          f"{100 * positives:.1f}% helpful; {len(train)} training, {len(held_out)} held-out captions")
-    majority = max(np.mean(y), 1 - np.mean(y))
-    print(f"majority-class baseline on held-out: {100 * majority:.1f}%")
+    held_rows = [r for r in rows if in_validation((r["caption"],), args.held_out)]
+    train_rows = [r for r in rows if not in_validation((r["caption"],), args.held_out)]
+    held_out = [r["caption"] for r in held_rows]
+    assert not set(held_out) & {r["caption"] for r in train_rows}
+    y = np.array([r["label"] == 1 for r in held_rows])
+    print(f"data: {len(rows)} captions from real NLE play labelled by the embedded LLM ({rows[0]['model_id']}), "
+          f"{100 * np.mean([r['label'] == 1 for r in rows]):.1f}% helpful; "
+          f"{len(train_rows)} training captions, {len(held_rows)} held-out captions never seen in training")
+    print(f"majority-class baseline on held-out: {100 * max(np.mean(y), 1 - np.mean(y)):.1f}%")
     retrieval = RetrievalReward()
-    retrieval.fit(train)
-    scored = retrieval([label.caption for label in held_out])
+    retrieval.fit([CaptionLabel(r["caption"], float(r["label"])) for r in train_rows])
+    scored = retrieval(held_out)
     print(f"retrieval: scores {100 * np.mean(scored != 0):.1f}% of held-out captions (0 by design); "
-          f"accuracy if 0 means 'not helpful': {100 * np.mean((scored >= 0.5) == y):.1f}%")
-    for balance in ("sample", "weight", "none"):
+          f"accuracy if 0 is read as 'not helpful': {100 * np.mean((scored >= 0.5) == y):.1f}%")
+    for encoder, balance, soft in VARIANTS:
+        train = [CaptionLabel(r["caption"], float(r["soft_label"] if soft else r["label"])) for r in train_rows]
         accs, balanced = [], []
         for seed in range(args.seeds):
-            model = ClassifierReward(ClassifierConfig(balance=balance, seed=seed))
+            start = time.perf_counter()
+            model = ClassifierReward(ClassifierConfig(encoder=encoder, balance=balance, seed=seed))
             model.fit(train, steps=args.steps)
-            predicted = model([label.caption for label in held_out]) >= 0.5
+            predicted = model(held_out) >= 0.5
             accs.append(np.mean(predicted == y))
             balanced.append(0.5 * (np.mean(predicted[y]) + np.mean(~predicted[~y])))
-        print(f"classifier (char-CNN, balance={balance}, {args.steps} steps, {args.seeds} seeds): held-out accuracy "
-              f"{100 * np.mean(accs):.1f}% (min {100 * np.min(accs):.1f}%), "
-              f"balanced accuracy {100 * np.mean(balanced):.1f}%")
+            log.info("%s/%s/%s seed %d: %.1f%% in %.0f s", encoder, balance, "soft" if soft else "hard", seed,
+                     100 * accs[-1], time.perf_counter() - start)
+        print(f"classifier encoder={encoder}, balance={balance}, {'soft' if soft else 'hard'} labels "
+              f"({args.steps} steps, {args.seeds} seeds): held-out accuracy {100 * np.mean(accs):.1f}% "
+              f"(min {100 * np.min(accs):.1f}%), balanced accuracy {100 * np.mean(balanced):.1f}%")
 
 
 def main() -> None:
@@ -148,8 +156,8 @@ def main() -> None:
     parser.add_argument("--store", type=Path, default=Path.home() / ".cache" / "kudos" / "bench_reward_labels.sqlite")
     parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads for labelling")
     parser.add_argument("--held-out", type=float, default=0.25, help="share of captions held out")
-    parser.add_argument("--steps", type=int, default=1_500, help="classifier training steps")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=1_000, help="classifier training steps")
+    parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
