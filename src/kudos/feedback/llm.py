@@ -286,9 +286,9 @@ class EndpointPool:
         for endpoint in self._endpoints:
             endpoint.backend.close()
 
-    def _count(self, key: str, n: int = 1) -> None:
+    def _count(self, key: str) -> None:
         with self._lock:
-            self._counts[key] += n
+            self._counts[key] += 1
 
     def _answer(self, request: LLMRequest) -> LLMReply | EndpointFault:
         self._count("requests")
