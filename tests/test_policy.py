@@ -26,11 +26,13 @@ def observations() -> dict[str, np.ndarray]:
     """Six consecutive real observations of one Score game, stacked: ``(6, ...)``."""
     env = make_env("Score")
     obs, _ = env.reset(seed=3)
-    frames = [obs]
+    frames = [{k: v.copy() for k, v in obs.items()}]  # NLE refills the same arrays every step
     rng = np.random.default_rng(3)
     while len(frames) < 6:
         obs, _, terminated, truncated, _ = env.step(int(rng.integers(NUM_ACTIONS)))
-        frames.append(obs if not (terminated or truncated) else env.reset()[0])
+        if terminated or truncated:
+            obs, _ = env.reset()
+        frames.append({k: v.copy() for k, v in obs.items()})
     env.close()
     return {k: np.stack([f[k] for f in frames]) for k in frames[0]}
 

@@ -124,7 +124,7 @@ def appo_loss(
         ``advantage_mean``, ``advantage_std`` (before normalisation), ``value_mean``,
         ``target_mean``.
     """
-    dist = torch.distributions.Categorical(logits=logits)
+    dist = torch.distributions.Categorical(logits=logits, validate_args=False)
     log_probs = dist.log_prob(actions)
     discounts = config.gamma * (~dones[1:].bool()).to(rewards.dtype)
     targets = vtrace(

@@ -45,7 +45,8 @@ class PolicyConfig:
     crop_size: int = 9  # side of the terminal window around the hero, in cells
     char_embedding_dim: int = 16
     color_embedding_dim: int = 4
-    crop_channels: tuple[int, ...] = (16, 16)  # 3x3 conv layers over the crop, stride 1
+    crop_channels: tuple[int, ...] = (16, 32)  # 3x3 conv layers over the crop: stride 1, then 2
+    crop_hidden: int = 128  # width of the crop code
     blstats_hidden: int = 64  # width of the two-layer blstats MLP
     message_embedding_dim: int = 16
     message_channels: int = 32  # width of the two 1D conv layers over the message
@@ -62,6 +63,7 @@ POLICY_PRESETS: dict[str, PolicyConfig] = {
         char_embedding_dim=32,
         color_embedding_dim=8,
         crop_channels=(32, 64, 64),
+        crop_hidden=512,
         blstats_hidden=128,
         message_embedding_dim=32,
         message_channels=64,
@@ -186,7 +188,7 @@ def crop_around(grid: Tensor, rows: Tensor, cols: Tensor, size: int, fill: int) 
     inside = ((r >= 0) & (r < height))[:, :, None] & ((c >= 0) & (c < width))[:, None, :]
     flat = r.clamp(0, height - 1)[:, :, None] * width + c.clamp(0, width - 1)[:, None, :]
     window = grid.reshape(n, -1).gather(1, flat.reshape(n, -1)).reshape(n, size, size)
-    return torch.where(inside, window, torch.full_like(window, fill))
+    return window.masked_fill(~inside, fill)
 
 
 class CropEncoder(nn.Module):
@@ -198,12 +200,17 @@ class CropEncoder(nn.Module):
         self.chars = nn.Embedding(_NUM_BYTES, config.char_embedding_dim)
         self.colors = nn.Embedding(_NUM_COLORS, config.color_embedding_dim)
         layers: list[nn.Module] = []
-        channels = config.char_embedding_dim + config.color_embedding_dim
-        for out_channels in config.crop_channels:
-            layers += [nn.Conv2d(channels, out_channels, kernel_size=3, padding=1), nn.ELU()]
-            channels = out_channels
+        channels, side = config.char_embedding_dim + config.color_embedding_dim, self.size
+        for i, out_channels in enumerate(config.crop_channels):
+            # The first layer reads cell by cell; later ones halve the resolution, which costs
+            # little on a window this small and makes the training pass much cheaper.
+            stride = 1 if i == 0 else 2
+            layers += [nn.Conv2d(channels, out_channels, kernel_size=3, stride=stride, padding=1), nn.ELU()]
+            channels, side = out_channels, (side - 1) // stride + 1
         self.conv = nn.Sequential(*layers, nn.Flatten())
-        self.out_dim = channels * self.size**2
+        # Compress the flattened map so it does not outweigh the other codes by sheer width.
+        self.fc = nn.Sequential(nn.Linear(channels * side**2, config.crop_hidden), nn.ELU())
+        self.out_dim = config.crop_hidden
 
     def forward(self, tty_chars: Tensor, tty_colors: Tensor, blstats: Tensor) -> Tensor:
         """``tty_chars`` (N, 24, 80) uint8, ``tty_colors`` (N, 24, 80) int8, ``blstats`` (N, 27)
@@ -215,7 +222,7 @@ class CropEncoder(nn.Module):
         chars = crop_around(tty_chars, row, col, self.size, _BLANK).long()
         colors = crop_around(tty_colors, row, col, self.size, 0).long().clamp(0, _NUM_COLORS - 1)
         cells = torch.cat([self.chars(chars), self.colors(colors)], dim=-1)  # (N, S, S, E)
-        return self.conv(cells.permute(0, 3, 1, 2))
+        return self.fc(self.conv(cells.permute(0, 3, 1, 2)))
 
 
 class BlstatsEncoder(nn.Module):
@@ -282,7 +289,7 @@ class NetHackPolicy(nn.Module):
         self.blstats = BlstatsEncoder(config)
         self.message = MessageEncoder(config)
         joint = self.crop.out_dim + self.blstats.out_dim + self.message.out_dim
-        self.project = nn.Sequential(nn.Linear(joint, config.hidden_size), nn.ELU())
+        self.project = nn.Sequential(nn.Linear(joint, config.hidden_size), nn.LayerNorm(config.hidden_size), nn.ELU())
         self.core = nn.GRUCell(config.hidden_size, config.hidden_size)
         self.actor = nn.Linear(config.hidden_size, num_actions)
         self.critic = nn.Linear(config.hidden_size, 1)
@@ -359,7 +366,7 @@ class NetHackPolicy(nn.Module):
         inference-mode tensors may not be.
         """
         out = self.forward({k: obs[k].unsqueeze(0) for k in POLICY_OBSERVATION_KEYS}, core_state, done.unsqueeze(0))
-        dist = torch.distributions.Categorical(logits=out.logits[0])
+        dist = torch.distributions.Categorical(logits=out.logits[0], validate_args=False)
         actions = dist.probs.argmax(dim=-1) if deterministic else dist.sample()
         return ActOutput(actions, dist.log_prob(actions), out.values[0], out.core_state)
 
