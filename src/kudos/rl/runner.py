@@ -21,6 +21,7 @@ import copy
 import dataclasses
 import logging
 import queue
+import sys
 import threading
 import time
 from collections import deque
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.yaml"
 _RECENT_EPISODES = 100
+_GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 @dataclasses.dataclass
@@ -252,6 +254,10 @@ class Trainer:
 
         save_config(self.config, self.output_dir)
         self.tensorboard = SummaryWriter(str(self.output_dir / "tensorboard"))
+        # The collector thread mostly waits on env-worker pipes; with the default 5 ms GIL switch
+        # interval it waits that long again for the learner thread after every env step.
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(_GIL_SWITCH_INTERVAL_S)
         if self.reward is not None:
             self.reward.start()
         self._collector_thread.start()
@@ -277,6 +283,7 @@ class Trainer:
             self._report(started, steps_at_start)
             self.checkpoint()
         finally:
+            sys.setswitchinterval(switch_interval)
             self.close()
         return self.progress
 
