@@ -61,6 +61,9 @@ def test_forward_and_act_shapes(policy, observations):
     assert ((step.actions >= 0) & (step.actions < NUM_ACTIONS)).all()
     assert step.log_probs.shape == (2,) and (step.log_probs <= 0).all()
     assert step.values.shape == (2,) and step.core_state.shape == (2, policy.hidden_size)
+    greedy = policy.act({k: v[0] for k, v in obs.items()}, policy.initial_state(2), torch.ones(2, dtype=torch.bool), deterministic=True)
+    fresh = policy(obs, policy.initial_state(2), torch.ones(3, 2, dtype=torch.bool))
+    torch.testing.assert_close(greedy.actions, fresh.logits[0].argmax(-1))
 
 
 def test_training_forward_replays_acting_step_by_step(policy, observations):

@@ -6,14 +6,17 @@ Per step, three encoders read the observation and a GRU core carries memory acro
 - **crop**: the ``crop_size x crop_size`` window of the terminal (``tty_chars`` + ``tty_colors``)
   centred on the hero, each cell a char embedding concatenated with a colour embedding, then a
   small conv net. The baselines render this crop to pixels; embedding the characters is cheaper
-  on a CPU and loses nothing the pixels carry.
+  on a CPU and loses nothing the pixels carry. The centre is the hero's position from
+  ``blstats``, not ``tty_cursor``: the cursor moves to the message line while a prompt is open.
 - **bottom-line stats**: ``blstats`` normalised to roughly [-1, 1] (:func:`normalize_blstats`),
   then an MLP.
 - **message**: the 256 caption bytes through a byte embedding and a 1D conv net with max pooling,
   so a word is recognised wherever it sits in the line.
 
-The three codes are concatenated, projected to ``hidden_size`` and fed to a GRU cell; linear
-actor (logits over the actions) and critic (state value) heads read the GRU state.
+The three codes are concatenated, projected to ``hidden_size``, layer-normalised and fed to a GRU
+cell; linear actor (logits over the actions) and critic (state value) heads read the GRU state.
+The layer norm keeps the GRU's input in range: without it, large constant parts of the screen
+drove the core into saturation early in training, after which it stopped telling states apart.
 """
 
 from __future__ import annotations
@@ -367,7 +370,7 @@ class NetHackPolicy(nn.Module):
         """
         out = self.forward({k: obs[k].unsqueeze(0) for k in POLICY_OBSERVATION_KEYS}, core_state, done.unsqueeze(0))
         dist = torch.distributions.Categorical(logits=out.logits[0], validate_args=False)
-        actions = dist.probs.argmax(dim=-1) if deterministic else dist.sample()
+        actions = out.logits[0].argmax(dim=-1) if deterministic else dist.sample()
         return ActOutput(actions, dist.log_prob(actions), out.values[0], out.core_state)
 
 
