@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -148,7 +149,8 @@ def main() -> None:
     trainer = Child("trainer", ["--role", "trainer", "--threads", str(args.trainer_threads)])
     print(
         f"window {args.seconds:.0f} s per setting; trainer: MLP 256-512-512-10, Adam, batch 512, "
-        f"{args.trainer_threads} torch thread(s)"
+        f"{args.trainer_threads} torch thread(s); {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} "
+        "(other processes on the cores distort every figure, most of all with 2 llama.cpp threads)"
     )
 
     alone = run_together([trainer], args.seconds)["trainer"]["steps_per_s"]
@@ -171,6 +173,7 @@ def main() -> None:
             f"shared, llm {name:24s} {both['llm']['labels_per_s']:5.2f} labels/s  "
             f"trainer {steps:8.1f} steps/s ({steps / alone:.2f} of alone)"
         )
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
