@@ -23,15 +23,6 @@ GOLD = (0, 500)
 RIGHT_ACTION = torch.tensor([[3, 11], [17, 25]])  # [caption, gold]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny batches: a second intra-op thread only fights the env workers and other tests."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def start_obs() -> dict[str, torch.Tensor]:
     env = make_env("Score")
