@@ -203,7 +203,10 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("input", type=Path, help='.jsonl ("caption" or "first"/"second" per line) or .csv file')
-    p.add_argument("--store", default="labels.sqlite", help="label store: SQLite file or postgresql:// URL")
+    p.add_argument(
+        "--store", default=None,
+        help="label store: SQLite file or postgresql:// URL (default: the per-user store `kudos train` uses)",
+    )
     p.add_argument("--llm", default="embedded", help="'embedded' or http://host:port/v1[,http://...]")
     p.add_argument("--model", default=None, help="model name served by the HTTP endpoints")
     p.add_argument("--threads", type=int, default=None, help="llama.cpp threads (embedded; default: all cores)")
@@ -221,7 +224,7 @@ def register(subparsers: Any) -> None:
 def run_annotate(args: argparse.Namespace) -> int:
     """Handler of ``kudos annotate``."""
     from kudos.feedback.llm import make_backend
-    from kudos.feedback.store import open_store
+    from kudos.feedback.store import default_store_path, open_store
 
     if args.batch_size < 1:
         raise KudosError("--batch-size must be at least 1")
@@ -229,7 +232,7 @@ def run_annotate(args: argparse.Namespace) -> int:
     kind = "rank" if items and not isinstance(items[0], str) else "classify"
     template = PromptTemplate(kind=kind, goal=args.goal, format=args.format)
     console = Console(stderr=True)
-    with open_store(args.store) as store:
+    with open_store(args.store or default_store_path()) as store:
         backend: LLMBackend = make_backend(args.llm, threads=args.threads or os.cpu_count() or 1, model=args.model)
         try:
             labeler = Labeler(backend, resolve_spec(template, backend, args.pairwise), store)

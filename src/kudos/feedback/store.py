@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
@@ -441,6 +442,12 @@ class PostgresLabelStore(LabelStore):
             sql += f" LIMIT {int(limit)}"
         with self._guard():
             return self._conn().execute(sql, params).fetchall()
+
+
+def default_store_path() -> str:
+    """The label store shared by all runs of this user: ``$KUDOS_CACHE_DIR/labels.sqlite``
+    (default ``~/.cache/kudos/labels.sqlite``), so no run asks what another already asked."""
+    return str(Path(os.environ.get("KUDOS_CACHE_DIR", Path.home() / ".cache" / "kudos")) / "labels.sqlite")
 
 
 def open_store(location: str | Path) -> LabelStore:

@@ -29,7 +29,7 @@ from kudos.errors import ConfigError, KudosError
 from kudos.feedback.annotator import Annotator, AnnotatorConfig, resolve_spec
 from kudos.feedback.llm import LLMBackend, make_backend
 from kudos.feedback.prompts import GOALS, PromptTemplate
-from kudos.feedback.store import LabelStore, open_store
+from kudos.feedback.store import LabelStore, default_store_path, open_store
 from kudos.rewards.base import RewardModel
 from kudos.rewards.classifier import ClassifierConfig, ClassifierReward
 from kudos.rewards.embedding import EmbeddingCosineReward
@@ -45,14 +45,6 @@ log = logging.getLogger(__name__)
 
 REWARD_TYPES = ("none", "retrieval", "classification", "ranking", "motif", "cosine", "ensemble")
 _MEMBER_TYPES = ("retrieval", "classification", "ranking", "cosine")
-
-
-def default_store_path() -> str:
-    """The label store shared by all runs of this user: ``$KUDOS_CACHE_DIR/labels.sqlite``
-    (default ``~/.cache/kudos/labels.sqlite``), so no run asks what another already asked."""
-    import os
-
-    return str(Path(os.environ.get("KUDOS_CACHE_DIR", Path.home() / ".cache" / "kudos")) / "labels.sqlite")
 
 
 @dataclass
@@ -169,9 +161,7 @@ class IntrinsicReward:
     def _open_llm(self) -> None:
         if self.store is None:
             location = self.llm.store or default_store_path()
-            if "://" not in location:
-                Path(location).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            self.store = open_store(Path(location).expanduser() if "://" not in location else location)
+            self.store = open_store(location if "://" in location else Path(location).expanduser())
         if self.backend is None:
             self.backend = make_backend(self.llm.backend, threads=self.llm.threads)
 
@@ -212,7 +202,7 @@ class IntrinsicReward:
             raise KudosError(
                 f"offline Motif found no pair labels for goal {self.goal!r} and model "
                 f"{self.backend.model_id!r} in {self.llm.store or default_store_path()}: label a pair "
-                "dataset with `kudos annotate --pairs` first"
+                "dataset (JSONL lines with \"first\" and \"second\") with `kudos annotate` first"
             )
         log.info("offline Motif: fitting a ranker to %d stored pair labels", len(pairs))
         return train_offline_motif(pairs, steps=self.config.motif_steps)
