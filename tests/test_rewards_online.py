@@ -1,0 +1,69 @@
+"""The intrinsic-reward service of a run: real embedded LLM, real SQLite store, real trainer."""
+
+import time
+
+import numpy as np
+import pytest
+
+from kudos.errors import ConfigError, KudosError
+from kudos.rewards.online import IntrinsicReward, LLMConfig, RewardConfig
+from kudos.rewards.trainer import TrainerConfig
+
+
+def test_reward_config_validation():
+    with pytest.raises(ConfigError, match="unknown reward type 'magic'"):
+        RewardConfig(type="magic")
+    with pytest.raises(ConfigError, match="unknown goal preset 'glory'"):
+        RewardConfig(goal="glory")
+    with pytest.raises(ConfigError, match="reward.members must list two or more"):
+        RewardConfig(type="ensemble", members="classification")
+    with pytest.raises(ConfigError, match="reward.members must list two or more"):
+        RewardConfig(type="ensemble", members="classification,motif")
+    with pytest.raises(ConfigError, match="has no intrinsic reward"):
+        IntrinsicReward(RewardConfig(type="none"), LLMConfig(), goal="score")
+
+
+def test_task_presets_and_reward_free_setting():
+    assert RewardConfig().shaping(task_extrinsic_coef=10.0).c_ext == 10.0
+    assert RewardConfig(c_ext=0.0).shaping(task_extrinsic_coef=10.0).c_ext == 0.0
+    assert RewardConfig(type="none").shaping(0.1).c_int == 0.0
+
+
+def test_labels_flow_from_the_llm_to_the_reward_model(tmp_path):
+    captions = ["You kill the newt!", "It's a wall.", "You find a hidden passage."]
+    config = RewardConfig(type="retrieval")
+    llm = LLMConfig(store=str(tmp_path / "labels.sqlite"))
+    reward = IntrinsicReward(config, llm, goal="score", trainer=TrainerConfig(min_labels=1, poll_interval_s=0.1))
+    try:
+        reward.start()
+        assert (reward(captions + [""]) == 0).all()  # nothing labelled yet
+        reward.submit(captions + ["", ""])
+        assert reward.annotators["classify"].wait_idle(timeout=120)
+        deadline = time.time() + 30
+        while reward.metrics()["reward_model/0/labels"] < len(captions) and time.time() < deadline:
+            time.sleep(0.1)
+        metrics = reward.metrics()
+        assert metrics["llm/classify/labels"] == len(captions)  # "" is never asked
+        scores = reward(captions + [""])
+        assert scores[-1] == 0.0
+        assert scores[0] == 1.0 and scores[1] == 0.0  # the embedded model's verdicts, looked up
+        state = reward.state_dict()
+    finally:
+        reward.close()
+
+    # A second service on the same store asks the LLM nothing and restores the model exactly.
+    again = IntrinsicReward(config, llm, goal="score", trainer=TrainerConfig(min_labels=1, poll_interval_s=0.1))
+    try:
+        again.load_state_dict(state)
+        again.start()
+        again.submit(captions)
+        assert again.annotators["classify"].wait_idle(timeout=60)
+        assert again.annotators["classify"].metrics().llm_requests == 0
+        np.testing.assert_array_equal(again(captions), scores[:3])
+    finally:
+        again.close()
+
+
+def test_offline_motif_without_pairs_says_what_to_do(tmp_path):
+    with pytest.raises(KudosError, match="offline Motif found no pair labels.*kudos annotate"):
+        IntrinsicReward(RewardConfig(type="motif"), LLMConfig(store=str(tmp_path / "s.sqlite")), goal="score")
