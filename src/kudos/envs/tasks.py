@@ -8,6 +8,7 @@ so they can be tested on crafted states without running the game.
 from __future__ import annotations
 
 import difflib
+import functools
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
@@ -168,6 +169,7 @@ class TaskSpec:
     goal: str = "score"
 
 
+# make_rules are picklable (classes, functools.partial; no lambdas): specs are sent to spawned env workers.
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in (
@@ -175,15 +177,15 @@ TASKS: dict[str, TaskSpec] = {
             "Score", "in-game score delta; -0.01 when game time does not advance", ScoreRules, extrinsic_coef=0.1
         ),
         TaskSpec(
-            "Staircase", "+50 on reaching dungeon level 2 (episode ends)", lambda: DepthRules(2),
+            "Staircase", "+50 on reaching dungeon level 2 (episode ends)", functools.partial(DepthRules, 2),
             extrinsic_coef=10.0, goal="stairs",
         ),
         TaskSpec(
-            "StaircaseLvl3", "+50 on reaching dungeon level 3 (episode ends)", lambda: DepthRules(3),
+            "StaircaseLvl3", "+50 on reaching dungeon level 3 (episode ends)", functools.partial(DepthRules, 3),
             extrinsic_coef=10.0, goal="stairs",
         ),
         TaskSpec(
-            "StaircaseLvl4", "+50 on reaching dungeon level 4 (episode ends)", lambda: DepthRules(4),
+            "StaircaseLvl4", "+50 on reaching dungeon level 4 (episode ends)", functools.partial(DepthRules, 4),
             extrinsic_coef=10.0, goal="stairs",
         ),
         TaskSpec(
