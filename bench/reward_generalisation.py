@@ -112,7 +112,13 @@ def build_dataset(args: argparse.Namespace) -> None:
 
 
 #: (encoder, class balance, train on soft labels) variants of the classifier that are evaluated.
-VARIANTS = (("bytes", "sample", False), ("bytes", "sample", True), ("bytes", "none", True), ("minilm", "sample", True))
+VARIANTS = (
+    ("bytes", "sample", False),
+    ("bytes", "sample", True),
+    ("bytes", "weight", True),
+    ("bytes", "none", True),
+    ("minilm", "sample", True),
+)
 
 
 def evaluate(args: argparse.Namespace) -> None:

@@ -109,6 +109,18 @@ def test_classifier_generalises_to_captions_never_seen(balance):
     assert model.accuracy("validation") >= 0.95
 
 
+def test_class_weights_scale_whole_rows_of_the_rare_class():
+    model = ClassifierReward(ClassifierConfig(balance="weight"))
+    model.add_labels(_caption_labels(range(40), positive_every=4))  # 1 in 4 helpful
+    texts = [(_bad(1),), (_good(0),), (_bad(2),)]
+    targets = torch.tensor([0.1, 0.9, 0.0])  # soft labels: negatives keep a little positive mass
+    logits = model.network.score([t[0] for t in texts])
+    share = model.dataset.positive_fraction()
+    weights = torch.tensor([1.0, (1 - share) / share, 1.0])
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, weight=weights)
+    torch.testing.assert_close(model.loss(texts, targets), expected)
+
+
 def test_classifier_binary_output_thresholds_the_probability():
     model = ClassifierReward(ClassifierConfig(output="binary", threshold=0.5))
     model.fit(_caption_labels(range(200)), steps=150)

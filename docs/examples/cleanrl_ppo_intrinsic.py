@@ -4,7 +4,7 @@ This trainer knows nothing about kudos's own learner: the reward arrives through
 ``kudos.rewards.IntrinsicRewardWrapper`` around each env, exactly as it would for any other
 Gymnasium trainer. Two ways to get the reward model:
 
-- default (offline): fit the char-CNN classifier to the LLM labels shipped in
+- default (offline): fit the char-CNN classifier to the LLM answer probabilities shipped in
   ``bench/data/reward_caption_labels.jsonl`` (labelled by kudos's embedded LLM);
 - ``--online``: start the embedded LLM annotator; every caption the agent sees is submitted for
   labelling and an online trainer keeps improving the classifier in a background thread while
@@ -80,6 +80,7 @@ def main() -> None:
     p.add_argument("--num-envs", type=int, default=4)
     p.add_argument("--num-steps", type=int, default=128, help="rollout length per env")
     p.add_argument("--online", action="store_true", help="label captions with the embedded LLM while training")
+    p.add_argument("--fit-steps", type=int, default=300, help="classifier training steps (offline mode)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -100,7 +101,7 @@ def main() -> None:
             submit = annotator.submit
         else:
             rows = [json.loads(line) for line in LABELS.read_text(encoding="utf-8").splitlines() if line.strip()]
-            model.fit([CaptionLabel(r["caption"], float(r["label"])) for r in rows], steps=300)
+            model.fit([CaptionLabel(r["caption"], float(r["soft_label"])) for r in rows], steps=args.fit_steps)
 
         # 2. Envs: the wrapper adds c_int * P(helpful) / N_episode(caption)^3 to the scaled game reward.
         shaping = ShapingConfig(c_ext=1.0, ext_scale=0.1, c_int=0.1, beta=3.0)

@@ -49,12 +49,14 @@ class ClassifierReward(LearnedRewardModel):
 
     def loss(self, texts: list[tuple[str, ...]], targets: torch.Tensor) -> torch.Tensor:
         logits = self.network.score([t[0] for t in texts])
-        pos_weight = None
+        weight = None
         if self.config.balance == "weight":
             share = self.dataset.positive_fraction()
             if 0.0 < share < 1.0:
-                pos_weight = torch.tensor((1.0 - share) / share)
-        return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight)
+                # Per-row weights by the row's class (not BCE's pos_weight, which would also scale
+                # the small positive part of every soft negative label).
+                weight = torch.where(targets >= 0.5, (1.0 - share) / share, 1.0)
+        return F.binary_cross_entropy_with_logits(logits, targets, weight=weight)
 
     def label_accuracy(self, texts: list[tuple[str, ...]], targets: np.ndarray) -> float:
         predicted = self.network.score([t[0] for t in texts]).numpy() >= 0.0  # logit 0 = P 0.5

@@ -135,7 +135,11 @@ class SentenceEncoder:
             missing = list(dict.fromkeys(c for c in captions if c not in cache))
             if missing:
                 vectors = load_sentence_model().encode(
-                    missing, batch_size=self.batch_size, convert_to_numpy=True, normalize_embeddings=True
+                    missing,
+                    batch_size=self.batch_size,
+                    convert_to_numpy=True,
+                    normalize_embeddings=True,
+                    show_progress_bar=False,
                 )
                 if len(cache) + len(missing) > self.cache_limit:
                     cache.clear()

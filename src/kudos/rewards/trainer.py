@@ -39,7 +39,9 @@ class TrainerConfig:
     ``steady_steps_per_s``. ``publish_every``/``eval_every``: steps between weight publications
     and accuracy reports. ``poll_interval_s``: seconds between reads of the source without a
     notification. ``read_limit``: labels per read. ``checkpoint_path``: where to checkpoint
-    (None: never), every ``checkpoint_every_s`` seconds and when stopped.
+    (None: never), every ``checkpoint_every_s`` seconds and when stopped. ``torch_threads``:
+    intra-op threads of the trainer thread (set in that thread: a new thread does not inherit the
+    caller's ``torch.set_num_threads``, and extra threads would compete with scoring and rollouts).
     """
 
     min_labels: int = 32
@@ -52,8 +54,11 @@ class TrainerConfig:
     read_limit: int = 10_000
     checkpoint_path: str | None = None
     checkpoint_every_s: float = 300.0
+    torch_threads: int = 1
 
     def __post_init__(self) -> None:
+        if self.torch_threads < 1:
+            raise ConfigError(f"trainer torch_threads must be >= 1, got {self.torch_threads}")
         for name in ("warmup_steps_per_s", "steady_steps_per_s", "poll_interval_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"trainer {name} must be > 0, got {getattr(self, name)}")
@@ -194,6 +199,7 @@ class OnlineRewardTrainer:
 
     def _run(self) -> None:
         cfg = self.config
+        torch.set_num_threads(cfg.torch_threads)
         while not self._stop.is_set():
             now = time.monotonic()
             try:
