@@ -149,3 +149,11 @@ def test_success_ends_the_episode_with_the_goal_reward():
     assert (reward, terminated, truncated) == (50.0, True, False)
     assert info["success"] and info["end_status"] == EndStatus.TASK_SUCCESSFUL
     env.close()
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_every_task_spec_pickles_for_the_env_workers(name):
+    import pickle
+
+    spec = pickle.loads(pickle.dumps(TASKS[name]))
+    assert type(spec.make_rules()) is type(TASKS[name].make_rules())
