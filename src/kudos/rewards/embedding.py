@@ -45,7 +45,9 @@ class EmbeddingCosineReward(RewardModel):
         cache = self._cache
         missing = [c for c in dict.fromkeys(captions) if c not in cache]
         if missing:
-            similarity = self.encoder(missing) @ self._goal_vector
+            # Row-wise sums rather than a matrix product, whose rounding depends on the batch size:
+            # a caption's reward must not depend on which captions it was first scored with.
+            similarity = (self.encoder(missing) * self._goal_vector).sum(axis=1)
             cache.update(zip(missing, similarity.tolist()))
         values = np.fromiter(map(cache.__getitem__, captions), dtype=np.float32, count=len(captions))
         if self.threshold is not None:
