@@ -58,8 +58,9 @@ def test_annotator_labels_with_the_embedded_model(llm: Any, tmp_path: Path) -> N
         assert llm.stats["requests"] == asked_before
         assert (second.llm_requests, second.cache_hits, second.cache_hit_rate) == (0, len(CAPTIONS), 1.0)
 
-        # Pairs derived from these per-caption scores need no LLM call either.
-        config = AnnotatorConfig(pairwise="pointwise", pairs_per_caption=2)
+        # Pairs derived from these per-caption scores need no LLM call either; "auto" (the default)
+        # derives them because the embedded model is pointwise_only.
+        config = AnnotatorConfig(pairs_per_caption=2)
         with Annotator(llm, store, PromptTemplate(kind="rank"), config) as ranker:
             ranker.submit(CAPTIONS)
             assert ranker.wait_idle(WAIT_S)

@@ -191,6 +191,10 @@ class EmbeddedLLM:
             else the file's stem.
     """
 
+    #: A 1.5B model answers "which of A and B?" with a position bias (nearly always "A"), so the
+    #: annotator derives pair preferences from per-caption scores instead of asking for them.
+    pointwise_only = True
+
     def __init__(
         self,
         model_path: Path | None = None,
