@@ -24,12 +24,14 @@ from torch import nn
 from kudos.errors import KudosError
 from kudos.rewards.base import Label, LabelKind, RewardModel, caption_error, check_captions
 from kudos.rewards.dataset import LabelDataset
-from kudos.rewards.encoders import EncoderName, make_encoder
+from kudos.rewards.encoders import MAX_CAPTION_BYTES, EncoderName, make_encoder
 
 log = logging.getLogger(__name__)
 
-# Captions scored per network pass when filling the cache (bounds activation memory).
+# Captions scored per network pass (bounds activation memory), and the caption-length bands
+# (in characters) that are scored together.
 _SCORE_CHUNK = 512
+_LENGTH_GROUP = 32
 
 
 class FrozenModelError(KudosError, RuntimeError):
@@ -87,9 +89,26 @@ class CaptionScorer(nn.Module):
         return self.head(self.encoder(*inputs)).squeeze(-1)
 
     def score(self, captions: Sequence[str]) -> torch.Tensor:
-        """float32 ``(N,)`` scores of ``captions``, in chunks; gradients flow if enabled."""
-        parts = [self(*self.prepare(captions[i : i + _SCORE_CHUNK])) for i in range(0, len(captions), _SCORE_CHUNK)]
-        return torch.cat(parts) if parts else torch.zeros(0)
+        """float32 ``(N,)`` scores of ``captions``; gradients flow if enabled.
+
+        Captions are scored in groups of similar length (and at most 512 at a time), so a few
+        long messages do not make every short one pay for 256 bytes of padding.
+        """
+        groups: dict[int, list[int]] = {}
+        for i, caption in enumerate(captions):
+            groups.setdefault(min(len(caption), MAX_CAPTION_BYTES) // _LENGTH_GROUP, []).append(i)
+        order: list[int] = []
+        parts: list[torch.Tensor] = []
+        for members in groups.values():
+            for start in range(0, len(members), _SCORE_CHUNK):
+                chunk = members[start : start + _SCORE_CHUNK]
+                parts.append(self(*self.prepare([captions[i] for i in chunk])))
+                order.extend(chunk)
+        if not parts:
+            return torch.zeros(0)
+        inverse = torch.empty(len(order), dtype=torch.int64)
+        inverse[torch.tensor(order)] = torch.arange(len(order))
+        return torch.cat(parts)[inverse]
 
 
 @dataclass
