@@ -223,16 +223,16 @@ def test_freshest_first_but_no_starvation(backend: FaultyBackend, store: FaultyS
         return generate(requests)
 
     backend.generate = busy_learner  # type: ignore[method-assign]
+    answered: set[Item] = set()
+    done = threading.Event()
+
+    def trainer(records: list[LabelRecord]) -> None:
+        answered.update(r.item for r in records)
+        if set(old) <= answered:
+            done.set()
+
+    annotator.subscribe(trainer)  # before the worker starts, or it may store labels unseen
     with annotator:
-        answered: set[Item] = set()
-        done = threading.Event()
-
-        def trainer(records: list[LabelRecord]) -> None:
-            answered.update(r.item for r in records)
-            if set(old) <= answered:
-                done.set()
-
-        annotator.subscribe(trainer)
         assert done.wait(WAIT_S)
     batches = [[asked_item(r.prompt) for r in call] for call in backend.calls]
     # Batch 1 saw only old captions: the oldest, then the three newest of them. From then on each
