@@ -46,7 +46,9 @@ class TrainerConfig:
 
     min_labels: int = 32
     warmup_labels: int = 2_000
-    warmup_steps_per_s: float = 20.0
+    # A step on a batch of real captions costs ~20-100 ms of one core: at 5 steps/s the trainer
+    # leaves scoring ~85% of its throughput on a busy 2-core machine (bench/reward_inference.py).
+    warmup_steps_per_s: float = 5.0
     steady_steps_per_s: float = 2.0
     publish_every: int = 10
     eval_every: int = 100
