@@ -128,7 +128,8 @@ def main() -> None:
         pace = config.steady_steps_per_s if config.warmup_labels == 0 else config.warmup_steps_per_s
         print(f"  {name} ({pace:g} steps/s): {np.median(with_trainer):,.0f} captions/s with the trainer vs "
               f"{np.median(without):,.0f} without: ratio {ratio:.2f} (target >= 0.8); "
-              f"{classifier.steps - steps} training steps and {classifier.version - version} published snapshots meanwhile")
+              f"{classifier.steps - steps} training steps and {classifier.version - version} "
+              "published snapshots meanwhile")
 
 
 if __name__ == "__main__":
