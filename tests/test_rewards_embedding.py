@@ -36,7 +36,8 @@ def test_cosine_reward_prefers_captions_close_to_the_goal(encoder):
     copy = EmbeddingCosineReward("something else", encoder=encoder)
     copy.load_state_dict(thresholded.state_dict())
     # The encoder's float32 results depend slightly on how captions are batched.
-    np.testing.assert_allclose(copy(["You see here 12 gold pieces."]), thresholded(["You see here 12 gold pieces."]), rtol=1e-5)
+    gold = ["You see here 12 gold pieces."]
+    np.testing.assert_allclose(copy(gold), thresholded(gold), rtol=1e-5)
     with pytest.raises(KudosError, match="does not learn"):
         model.fit([CaptionLabel("x", 1.0)])
     with pytest.raises(CaptionError, match="caption 1 is None"):

@@ -11,7 +11,8 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "cleanrl_p
 
 def test_cleanrl_example_trains_with_the_shaped_reward():
     result = subprocess.run(
-        [sys.executable, str(EXAMPLE), "--total-steps", "256", "--num-envs", "2", "--num-steps", "64", "--fit-steps", "30"],
+        [sys.executable, str(EXAMPLE), "--total-steps", "256", "--num-envs", "2", "--num-steps", "64",
+         "--fit-steps", "30"],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
