@@ -187,7 +187,10 @@ class IntrinsicReward:
             model, question = ClassifierReward(ClassifierConfig()), "classify"
         else:
             model, question = RankerReward(RankerConfig()), "rank"
-        self.trainers.append(follow_annotator(model, self._annotator(question), self._trainer_config))
+        # The classifier learns from the LLM's answer probabilities (soft labels, where stored);
+        # retrieval and ranking keep its answers.
+        soft = kind == "classification"
+        self.trainers.append(follow_annotator(model, self._annotator(question), self._trainer_config, soft=soft))
         return model
 
     def _offline_motif(self) -> RewardModel:
