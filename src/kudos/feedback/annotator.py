@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import threading
 import time
@@ -198,6 +199,8 @@ class AnnotatorConfig:
     reservoir_size: seen captions kept for pair sampling; pairs_per_caption: pairs sampled for
         each newly seen caption.
     backoff_s / max_backoff_s: wait after a server fault, doubling per consecutive fault (seconds).
+    nice: added to the worker thread's scheduling niceness (Linux): an in-process LLM then
+        yields the cores to training when both want them, and takes what is left.
     """
 
     max_backlog: int = 100_000
@@ -210,6 +213,7 @@ class AnnotatorConfig:
     backoff_s: float = 0.5
     max_backoff_s: float = 30.0
     seed: int = 0
+    nice: int = 0
 
     def __post_init__(self) -> None:
         if self.max_backlog < 1 or self.batch_size < 1 or not 0 <= self.oldest_per_batch <= self.batch_size:
@@ -412,6 +416,9 @@ class Annotator:
 
     # -- worker side ------------------------------------------------------------------------------
     def _run(self) -> None:
+        if self.config.nice > 0 and hasattr(os, "setpriority"):
+            tid = threading.get_native_id()  # on Linux a thread's niceness is its own
+            os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + self.config.nice, 19))
         while not self._stop.is_set():
             self._wake.clear()
             if self._unwritten:

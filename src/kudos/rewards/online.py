@@ -56,7 +56,8 @@ class LLMConfig:
     llama.cpp threads for the embedded model (1 shares the cores best with training).
     ``store``: SQLite path or ``postgresql://`` URL; default: the per-user shared store.
     ``format``: ``"short"`` (one answer token) or ``"long"`` (ONI's reasoning format, for
-    large models).
+    large models). ``nice``: how much the annotator thread defers to training for the cores
+    (Linux niceness added; 0 shares them equally).
     """
 
     backend: str = "embedded"
@@ -64,6 +65,7 @@ class LLMConfig:
     store: str | None = None
     format: str = "short"
     batch_size: int = 8
+    nice: int = 5
 
 
 @dataclass
@@ -170,7 +172,8 @@ class IntrinsicReward:
             self._open_llm()
             assert self.store is not None and self.backend is not None
             annotator = Annotator(
-                self.backend, self.store, self._template(kind), AnnotatorConfig(batch_size=self.llm.batch_size)
+                self.backend, self.store, self._template(kind),
+                AnnotatorConfig(batch_size=self.llm.batch_size, nice=self.llm.nice),
             )
             self.annotators[kind] = annotator
         return self.annotators[kind]
