@@ -31,15 +31,6 @@ from kudos.rewards import (
 from kudos.rewards.encoders import CharCNN, caption_bytes
 from kudos.rewards.shaping import NormalizerConfig
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: the machine's cores are shared, and oversubscribed threads spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 ITEMS = ["gold pieces", "a dagger", "an apple", "a scroll", "gems", "a wand", "a ring", "armor"]
 PLACES = ["here", "there", "on the altar", "in the corner", "below", "nearby"]
 
