@@ -100,8 +100,8 @@ class NetHackTaskEnv(NLE):
     ) -> None:
         self.spec_task = task if isinstance(task, TaskSpec) else get_task(task)
         keys = list(observation_keys)
-        self._wants_tty_chars = "tty_chars" in keys
-        if not self._wants_tty_chars:
+        wants_tty_chars = "tty_chars" in keys
+        if not wants_tty_chars:
             keys.append("tty_chars")  # needed to recognise the spell menu
         options = None
         if self.spec_task.options:
@@ -115,7 +115,7 @@ class NetHackTaskEnv(NLE):
             fix_moon_phase=True,
         )
         self._tty_index = self._observation_keys.index("tty_chars")
-        if not self._wants_tty_chars:
+        if not wants_tty_chars:
             self._original_observation_keys = tuple(observation_keys)
             self._original_indices = tuple(self._observation_keys.index(k) for k in observation_keys)
             self.observation_space = gym.spaces.Dict(

@@ -173,7 +173,7 @@ class VectorNetHack:
         self._procs: list[Any] = [None] * num_workers
         self._conns: list[Connection | None] = [None] * num_workers
         self.restarts = 0
-        self._pending: np.ndarray | None = None
+        self._awaiting_step = False
         self._closed = False
         for w in range(num_workers):
             self._start_worker(w)
@@ -246,13 +246,13 @@ class VectorNetHack:
                 self._conns[w].send(("step", actions[envs[0] : envs[-1] + 1].tolist()))
             except (BrokenPipeError, OSError):
                 pass  # noticed and handled in step_wait
-        self._pending = actions
+        self._awaiting_step = True
 
     def step_wait(self) -> VecStep:
         """Collect the results of :meth:`step_async`."""
-        if self._pending is None:
+        if not self._awaiting_step:
             raise RuntimeError("step_wait() called without step_async()")
-        self._pending = None
+        self._awaiting_step = False
         reward = np.zeros(self.num_envs, dtype=np.float32)
         terminated = np.zeros(self.num_envs, dtype=np.bool_)
         truncated = np.zeros(self.num_envs, dtype=np.bool_)

@@ -57,14 +57,14 @@ class RolloutCollector:
     newest weights at the start of each rollout.
     """
 
-    def __init__(self, vec: VectorNetHack, policy: NetHackPolicy, steps: int) -> None:
+    def __init__(self, vec: VectorNetHack, policy: NetHackPolicy, steps: int, policy_version: int = 0) -> None:
         self.vec = vec
         self.steps = steps
         self.policy = policy
         self.policy.eval()
         self._lock = threading.Lock()
         self._pending: tuple[dict[str, torch.Tensor], int] | None = None
-        self.policy_version = 0
+        self.policy_version = policy_version  # the learner update ``policy``'s weights come from
         self._obs = vec.reset()
         self._done = np.ones(vec.num_envs, dtype=np.bool_)  # every env starts an episode
         self._core_state = policy.initial_state(vec.num_envs)

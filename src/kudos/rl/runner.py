@@ -135,8 +135,9 @@ class Trainer:
             seed=env_seed,
             max_episode_steps=config.env.max_episode_steps,
         )
-        self.collector = RolloutCollector(self.vec, copy.deepcopy(self.policy), config.appo.rollout)
-        self.collector.publish(self.policy.state_dict(), self.learner.updates)
+        self.collector = RolloutCollector(
+            self.vec, copy.deepcopy(self.policy), config.appo.rollout, policy_version=self.learner.updates
+        )
         self._rollouts: queue.Queue[Rollout | BaseException] = queue.Queue(maxsize=1)
         self._stop = threading.Event()
         self._collector_thread = threading.Thread(target=self._collect, name="kudos-collector", daemon=True)
