@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import signal
+import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any, Sequence
@@ -31,6 +33,17 @@ log = logging.getLogger(__name__)
 # Seed offset between generations of a restarted worker, so a restarted env does not replay
 # the episodes it already played.
 _RESTART_SEED_STRIDE = 1_000_003
+# How long an idle worker polls for its next command before it blocks on the pipe. Waking a
+# blocked process costs tens of microseconds on a VM, about one NetHack step; polling with
+# sched_yield keeps the core available to the caller meanwhile.
+_POLL_SECONDS = 0.0005
+
+
+def _wait_for_command(conn: Connection) -> tuple[str, Any]:
+    deadline = time.perf_counter() + _POLL_SECONDS
+    while not conn.poll() and time.perf_counter() < deadline:
+        os.sched_yield()
+    return conn.recv()
 
 
 @dataclass
@@ -98,7 +111,7 @@ def _worker(
     lengths = [0] * len(envs)
     try:
         while True:
-            command, payload = conn.recv()
+            command, payload = _wait_for_command(conn)
             if command == "reset":
                 for j, env in enumerate(envs):
                     env.reset(seed=seeds[j])
@@ -289,17 +302,21 @@ class VectorNetHack:
         if self._closed:
             return
         self._closed = True
-        for conn in self._conns:
+        # Workers not started (a failed constructor) are None.
+        conns = [c for c in self._conns if c is not None]
+        for conn in conns:
             try:
                 conn.send(("close", None))
             except (BrokenPipeError, OSError):
                 pass
         for proc in self._procs:
+            if proc is None:
+                continue
             proc.join(timeout=5.0)
             if proc.is_alive():
                 proc.terminate()
                 proc.join(timeout=1.0)
-        for conn in self._conns:
+        for conn in conns:
             conn.close()
 
     def __enter__(self) -> "VectorNetHack":
