@@ -14,6 +14,12 @@ Stages (each reused when its output exists, so a rerun asks the LLM nothing twic
    baseline. Variants: char-CNN or MiniLM features, class balancing, and training on the LLM's
    answers (1/0) or on its answer probabilities ("soft"; their 0.5 threshold is the answer).
 
+``--select`` chooses the classifier's settings without reading the held-out captions: the training
+captions are split again by caption hash into three folds, each candidate in ``CANDIDATES`` is
+trained (soft labels) on two folds and scored on the third, for every seed, and the mean of those
+inner accuracies is printed. Only a candidate chosen this way is then scored on the held-out
+captions (see docs/rewards.md for the last selection).
+
 Run: ``.venv/bin/python bench/reward_generalisation.py`` (labelling ~1,200 captions takes
 ~10 minutes at ~2.5 labels/s; evaluation alone takes about a minute).
 """
@@ -27,6 +33,7 @@ import logging
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -121,10 +128,58 @@ VARIANTS = (
 )
 
 
-def evaluate(args: argparse.Namespace) -> None:
+#: Classifier settings (overrides of ``ClassifierConfig()``) compared by ``--select``.
+CANDIDATES: tuple[dict[str, Any], ...] = (
+    {"dropout": 0.0},
+    {"dropout": 0.0, "weight_decay": 1e-3},
+    {"dropout": 0.3},
+    {"dropout": 0.5},
+    {"dropout": 0.0, "pooling": "meanmax"},
+    {"dropout": 0.0, "kernel_size": 5, "conv_layers": 3},
+    {"dropout": 0.0, "balance": "none"},
+)
+
+
+def read_rows(held_out: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Labelled captions split by caption hash: (training rows, held-out rows)."""
     rows = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines() if line.strip()]
-    held_rows = [r for r in rows if in_validation((r["caption"],), args.held_out)]
-    train_rows = [r for r in rows if not in_validation((r["caption"],), args.held_out)]
+    held = [in_validation((r["caption"],), held_out) for r in rows]
+    return [r for r, h in zip(rows, held) if not h], [r for r, h in zip(rows, held) if h]
+
+
+def held_out_accuracy(config: ClassifierConfig, train_rows: list[dict[str, Any]], test_rows: list[dict[str, Any]],
+                      soft: bool, steps: int) -> tuple[float, float]:
+    """Train on ``train_rows``, score ``test_rows`` against the LLM's answers: (accuracy, balanced accuracy)."""
+    model = ClassifierReward(config)
+    model.fit([CaptionLabel(r["caption"], float(r["soft_label"] if soft else r["label"])) for r in train_rows],
+              steps=steps)
+    y = np.array([r["label"] == 1 for r in test_rows])
+    predicted = model([r["caption"] for r in test_rows]) >= 0.5
+    return float(np.mean(predicted == y)), 0.5 * float(np.mean(predicted[y]) + np.mean(~predicted[~y]))
+
+
+def select(args: argparse.Namespace) -> None:
+    train_rows, _ = read_rows(args.held_out)  # the held-out rows are not looked at
+    # Fold k: the training captions whose hash bucket lies in the k-th third of the buckets above
+    # the held-out ones (in_validation(c, f) is "bucket < f"), so folds are fixed and disjoint.
+    edges = [args.held_out + (1 - args.held_out) * k / 3 for k in range(4)]
+    folds = [[r for r in train_rows if in_validation((r["caption"],), edges[k + 1])
+              and not in_validation((r["caption"],), edges[k])] for k in range(3)]
+    print(f"selection: {len(train_rows)} training captions in folds of {[len(f) for f in folds]}; "
+          f"held-out captions not read; {args.steps} steps, soft labels, seeds 0-{args.seeds - 1}")
+    for overrides in CANDIDATES:
+        accs = []
+        for k, fold in enumerate(folds):
+            inner_train = [r for j, f in enumerate(folds) if j != k for r in f]
+            for seed in range(args.seeds):
+                accs.append(held_out_accuracy(ClassifierConfig(seed=seed, **overrides), inner_train, fold,
+                                              soft=True, steps=args.steps)[0])
+        print(f"candidate {overrides}: inner accuracy {100 * np.mean(accs):.1f}% (min {100 * np.min(accs):.1f}%)")
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    train_rows, held_rows = read_rows(args.held_out)
+    rows = train_rows + held_rows
     held_out = [r["caption"] for r in held_rows]
     assert not set(held_out) & {r["caption"] for r in train_rows}
     y = np.array([r["label"] == 1 for r in held_rows])
@@ -138,18 +193,17 @@ def evaluate(args: argparse.Namespace) -> None:
     print(f"retrieval: scores {100 * np.mean(scored != 0):.1f}% of held-out captions (0 by design); "
           f"accuracy if 0 is read as 'not helpful': {100 * np.mean((scored >= 0.5) == y):.1f}%")
     for encoder, balance, soft in VARIANTS:
-        train = [CaptionLabel(r["caption"], float(r["soft_label"] if soft else r["label"])) for r in train_rows]
         accs, balanced = [], []
         for seed in range(args.seeds):
             start = time.perf_counter()
-            model = ClassifierReward(ClassifierConfig(encoder=encoder, balance=balance, seed=seed))
-            model.fit(train, steps=args.steps)
-            predicted = model(held_out) >= 0.5
-            accs.append(np.mean(predicted == y))
-            balanced.append(0.5 * (np.mean(predicted[y]) + np.mean(~predicted[~y])))
+            config = ClassifierConfig(encoder=encoder, balance=balance, seed=seed)
+            accuracy, balanced_accuracy = held_out_accuracy(config, train_rows, held_rows, soft, args.steps)
+            accs.append(accuracy)
+            balanced.append(balanced_accuracy)
             log.info("%s/%s/%s seed %d: %.1f%% in %.0f s", encoder, balance, "soft" if soft else "hard", seed,
                      100 * accs[-1], time.perf_counter() - start)
-        print(f"classifier encoder={encoder}, balance={balance}, {'soft' if soft else 'hard'} labels "
+        print(f"classifier encoder={encoder}, balance={balance}, dropout={config.dropout}, "
+              f"{'soft' if soft else 'hard'} labels "
               f"({args.steps} steps, {args.seeds} seeds): held-out accuracy {100 * np.mean(accs):.1f}% "
               f"(min {100 * np.min(accs):.1f}%), balanced accuracy {100 * np.mean(balanced):.1f}%")
 
@@ -165,13 +219,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1_000, help="classifier training steps")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--select", action="store_true",
+                        help="compare CANDIDATES on folds of the training captions only (no held-out scoring)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(1)
     args.store.parent.mkdir(parents=True, exist_ok=True)
     if args.rebuild or not DATA.exists():
         build_dataset(args)
-    evaluate(args)
+    if args.select:
+        select(args)
+    else:
+        evaluate(args)
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ def test_classifier_generalises_to_captions_never_seen(balance):
 
 
 def test_class_weights_scale_whole_rows_of_the_rare_class():
-    model = ClassifierReward(ClassifierConfig(balance="weight"))
+    model = ClassifierReward(ClassifierConfig(balance="weight", dropout=0.0))  # deterministic logits
     model.add_labels(_caption_labels(range(40), positive_every=4))  # 1 in 4 helpful
     texts = [(_bad(1),), (_good(0),), (_bad(2),)]
     targets = torch.tensor([0.1, 0.9, 0.0])  # soft labels: negatives keep a little positive mass
@@ -120,6 +120,17 @@ def test_classifier_binary_output_thresholds_the_probability():
     np.testing.assert_array_equal(rewards, [1.0, 0.0, 1.0])
 
 
+def test_feature_dropout_acts_in_training_only():
+    model = ClassifierReward(ClassifierConfig(dropout=0.5))
+    captions = [_good(i) for i in range(32)]
+    model.network.train()
+    assert not torch.equal(model.network.score(captions), model.network.score(captions))
+    model.network.eval()
+    torch.testing.assert_close(model.network.score(captions), model.network.score(captions), rtol=0, atol=0)
+    model.publish()  # scoring uses the published (evaluation-mode) copy: deterministic
+    np.testing.assert_array_equal(model.raw_scores(captions), model.raw_scores(captions))
+
+
 def test_classifier_scores_are_cached_per_snapshot():
     model = ClassifierReward()
     model.fit(_caption_labels(range(64)), steps=5)
@@ -133,12 +144,14 @@ def test_classifier_scores_are_cached_per_snapshot():
     assert model.version == version + 1 and model._snapshot.cache == {}
 
 
-def test_char_cnn_features_do_not_depend_on_batch_padding():
+@pytest.mark.parametrize("pooling", ["max", "meanmax"])
+def test_char_cnn_features_do_not_depend_on_batch_padding(pooling):
     torch.manual_seed(0)
-    net = CharCNN()
+    net = CharCNN(channels=8, pooling=pooling)
     short = "You see a newt."
     alone = net(*caption_bytes([short]))
     padded = net(*caption_bytes([short, "x" * 250]))
+    assert alone.shape == (1, 16 if pooling == "meanmax" else 8)
     torch.testing.assert_close(alone[0], padded[0], rtol=1e-5, atol=1e-6)
     codes, lengths = caption_bytes(["", "é" * 300])
     assert codes.shape == (2, 256) and lengths.tolist() == [0, 256]

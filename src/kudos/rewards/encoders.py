@@ -34,6 +34,7 @@ _WIDTH_QUANTUM = 16
 SENTENCE_DIM = 384  # all-MiniLM-L6-v2
 
 EncoderName = Literal["bytes", "minilm"]
+Pooling = Literal["max", "meanmax"]
 
 
 def caption_bytes(captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,7 +54,7 @@ def caption_bytes(captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class CharCNN(nn.Module):
-    """Byte embedding -> ``layers`` x (Conv1d + ReLU) -> max over positions.
+    """Byte embedding -> ``layers`` x (Conv1d + ReLU) -> max (and mean) over positions.
 
     Positions past a caption's end are zeroed after every layer, so a caption's features do not
     depend on how much padding its batch has. The empty caption reads one padding position.
@@ -63,13 +64,25 @@ class CharCNN(nn.Module):
         channels: convolution channels, also the output feature size.
         kernel_size: odd convolution width in bytes.
         layers: number of convolution layers.
+        pooling: ``"max"`` (features: the max over positions, ``channels`` wide) or ``"meanmax"``
+            (the mean over the caption's positions next to the max, ``2 * channels`` wide).
     """
 
-    def __init__(self, embed_dim: int = 32, channels: int = 64, kernel_size: int = 3, layers: int = 2) -> None:
+    def __init__(
+        self,
+        embed_dim: int = 32,
+        channels: int = 64,
+        kernel_size: int = 3,
+        layers: int = 2,
+        pooling: Pooling = "max",
+    ) -> None:
         super().__init__()
         if kernel_size % 2 == 0:
             raise KudosError(f"kernel_size must be odd (got {kernel_size}) so that padding keeps the width")
-        self.dim = channels
+        if pooling not in ("max", "meanmax"):
+            raise KudosError(f"pooling must be 'max' or 'meanmax', got {pooling!r}")
+        self.pooling = pooling
+        self.dim = 2 * channels if pooling == "meanmax" else channels
         self.embed = nn.Embedding(256, embed_dim, padding_idx=0)
         self.convs = nn.ModuleList(
             nn.Conv1d(embed_dim if i == 0 else channels, channels, kernel_size, padding=kernel_size // 2)
@@ -81,15 +94,19 @@ class CharCNN(nn.Module):
         return caption_bytes(captions)
 
     def forward(self, codes: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """``codes`` int64 ``(N, L)``, ``lengths`` int64 ``(N,)`` -> features float32 ``(N, channels)``."""
+        """``codes`` int64 ``(N, L)``, ``lengths`` int64 ``(N,)`` -> features float32 ``(N, dim)``."""
         x = self.embed(codes).transpose(1, 2)  # (N, E, L)
         positions = torch.arange(codes.shape[1], device=codes.device)
-        mask = (positions[None, :] < lengths.clamp(min=1)[:, None]).unsqueeze(1).to(x.dtype)  # (N, 1, L)
+        read = lengths.clamp(min=1)
+        mask = (positions[None, :] < read[:, None]).unsqueeze(1).to(x.dtype)  # (N, 1, L)
         for conv in self.convs:
             x = torch.relu(conv(x)) * mask
-        # Activations are >= 0 and padding is 0, so the max over all positions is the max over
-        # the caption's own positions.
-        return x.amax(dim=2)
+        # Activations are >= 0 and padding is 0, so the max (and sum) over all positions is the
+        # max (and sum) over the caption's own positions.
+        peak = x.amax(dim=2)
+        if self.pooling == "max":
+            return peak
+        return torch.cat([peak, x.sum(dim=2) / read[:, None].to(x.dtype)], dim=1)
 
 
 @functools.lru_cache(maxsize=1)

@@ -24,7 +24,7 @@ from torch import nn
 from kudos.errors import KudosError
 from kudos.rewards.base import Label, LabelKind, RewardModel, caption_error, check_captions
 from kudos.rewards.dataset import LabelDataset
-from kudos.rewards.encoders import MAX_CAPTION_BYTES, EncoderName, make_encoder
+from kudos.rewards.encoders import MAX_CAPTION_BYTES, EncoderName, Pooling, make_encoder
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,10 @@ class LearnedConfig:
 
     ``encoder``: ``"bytes"`` (character CNN over the caption's bytes, trained) or ``"minilm"``
     (frozen all-MiniLM-L6-v2 sentence embeddings). ``embed_dim``, ``channels``,
-    ``kernel_size``, ``conv_layers``: CNN sizes. ``hidden``: MLP width. ``fit_steps``: gradient
-    steps of one :meth:`LearnedRewardModel.fit` call. ``validation_fraction``: labels held out
+    ``kernel_size``, ``conv_layers``: CNN sizes. ``pooling``: how the CNN reduces positions
+    (``"max"``, or ``"meanmax"``: mean and max side by side). ``dropout``: share of encoder
+    features zeroed in training (a regulariser; scoring uses every feature). ``hidden``: MLP
+    width. ``fit_steps``: gradient steps of one :meth:`LearnedRewardModel.fit` call. ``validation_fraction``: labels held out
     (by caption) for validation accuracy. ``cache_limit``: captions cached per snapshot before
     the cache is emptied.
     """
@@ -55,6 +57,8 @@ class LearnedConfig:
     channels: int = 64
     kernel_size: int = 3
     conv_layers: int = 2
+    pooling: Pooling = "max"
+    dropout: float = 0.0
     hidden: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-5
@@ -76,17 +80,26 @@ class CaptionScorer(nn.Module):
             channels=config.channels,
             kernel_size=config.kernel_size,
             layers=config.conv_layers,
+            pooling=config.pooling,
         )
         self.head = nn.Sequential(
             nn.Linear(self.encoder.dim, config.hidden), nn.ReLU(), nn.Linear(config.hidden, 1)
         )
+        self.dropout = config.dropout
+        # Dropout masks come from the network's own generator: a checkpoint resumes them exactly,
+        # and a training thread never draws from (or disturbs) torch's global generator.
+        self.generator = torch.Generator().manual_seed(config.seed)
 
     def prepare(self, captions: Sequence[str]) -> tuple[torch.Tensor, ...]:
         return self.encoder.prepare(captions)
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         """Prepared inputs of N captions -> float32 ``(N,)``."""
-        return self.head(self.encoder(*inputs)).squeeze(-1)
+        features = self.encoder(*inputs)
+        if self.training and self.dropout > 0.0:
+            keep = torch.empty_like(features).bernoulli_(1.0 - self.dropout, generator=self.generator)
+            features = features * keep / (1.0 - self.dropout)
+        return self.head(features).squeeze(-1)
 
     def score(self, captions: Sequence[str]) -> torch.Tensor:
         """float32 ``(N,)`` scores of ``captions``; gradients flow if enabled.
@@ -273,6 +286,7 @@ class LearnedRewardModel(RewardModel):
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "dataset": self.dataset.state_dict(),
             "rng": copy.deepcopy(self.rng.bit_generator.state),
+            "dropout_rng": self.network.generator.get_state(),
             "steps": self.steps,
             "frozen": self.frozen,
         }
@@ -282,6 +296,8 @@ class LearnedRewardModel(RewardModel):
         self.optimizer.load_state_dict(state["optimizer"])
         self.dataset.load_state_dict(state["dataset"])
         self.rng.bit_generator.state = copy.deepcopy(state["rng"])
+        if "dropout_rng" in state:  # checkpoints from before feature dropout have none
+            self.network.generator.set_state(state["dropout_rng"])
         self.steps = int(state["steps"])
         self.frozen = bool(state["frozen"])
         published = self._frozen_copy()
