@@ -147,15 +147,21 @@ def read_rows(held_out: float) -> tuple[list[dict[str, Any]], list[dict[str, Any
     return [r for r, h in zip(rows, held) if not h], [r for r, h in zip(rows, held) if h]
 
 
+#: The LLM is undecided about a caption when its own P(helpful) lies in this range.
+UNDECIDED = (0.35, 0.65)
+
+
 def held_out_accuracy(config: ClassifierConfig, train_rows: list[dict[str, Any]], test_rows: list[dict[str, Any]],
-                      soft: bool, steps: int) -> tuple[float, float]:
-    """Train on ``train_rows``, score ``test_rows`` against the LLM's answers: (accuracy, balanced accuracy)."""
+                      soft: bool, steps: int) -> tuple[float, float, float]:
+    """Train on ``train_rows``, score ``test_rows`` against the LLM's answers: (accuracy, balanced
+    accuracy, accuracy on the captions the LLM was decided about, see ``UNDECIDED``)."""
     model = ClassifierReward(config)
     model.fit([CaptionLabel(r["caption"], float(r["soft_label"] if soft else r["label"])) for r in train_rows],
               steps=steps)
     y = np.array([r["label"] == 1 for r in test_rows])
-    predicted = model([r["caption"] for r in test_rows]) >= 0.5
-    return float(np.mean(predicted == y)), 0.5 * float(np.mean(predicted[y]) + np.mean(~predicted[~y]))
+    decided = np.array([not UNDECIDED[0] <= r["soft_label"] <= UNDECIDED[1] for r in test_rows])
+    correct = (model([r["caption"] for r in test_rows]) >= 0.5) == y
+    return float(np.mean(correct)), 0.5 * float(np.mean(correct[y]) + np.mean(correct[~y])), float(np.mean(correct[decided]))
 
 
 def select(args: argparse.Namespace) -> None:
@@ -187,25 +193,30 @@ def evaluate(args: argparse.Namespace) -> None:
           f"{100 * np.mean([r['label'] == 1 for r in rows]):.1f}% helpful; "
           f"{len(train_rows)} training captions, {len(held_rows)} held-out captions never seen in training")
     print(f"majority-class baseline on held-out: {100 * max(np.mean(y), 1 - np.mean(y)):.1f}%")
+    undecided = np.mean([UNDECIDED[0] <= r["soft_label"] <= UNDECIDED[1] for r in held_rows])
+    print(f"the LLM was undecided (P(helpful) in {UNDECIDED}) about {100 * undecided:.0f}% of held-out captions; "
+          "their 1/0 answers are close to coin flips")
     retrieval = RetrievalReward()
     retrieval.fit([CaptionLabel(r["caption"], float(r["label"])) for r in train_rows])
     scored = retrieval(held_out)
     print(f"retrieval: scores {100 * np.mean(scored != 0):.1f}% of held-out captions (0 by design); "
           f"accuracy if 0 is read as 'not helpful': {100 * np.mean((scored >= 0.5) == y):.1f}%")
     for encoder, balance, soft in VARIANTS:
-        accs, balanced = [], []
+        accs, balanced, decided = [], [], []
         for seed in range(args.seeds):
             start = time.perf_counter()
             config = ClassifierConfig(encoder=encoder, balance=balance, seed=seed)
-            accuracy, balanced_accuracy = held_out_accuracy(config, train_rows, held_rows, soft, args.steps)
+            accuracy, balanced_accuracy, decided_accuracy = held_out_accuracy(config, train_rows, held_rows, soft, args.steps)
             accs.append(accuracy)
             balanced.append(balanced_accuracy)
+            decided.append(decided_accuracy)
             log.info("%s/%s/%s seed %d: %.1f%% in %.0f s", encoder, balance, "soft" if soft else "hard", seed,
                      100 * accs[-1], time.perf_counter() - start)
         print(f"classifier encoder={encoder}, balance={balance}, dropout={config.dropout}, "
               f"{'soft' if soft else 'hard'} labels "
               f"({args.steps} steps, {args.seeds} seeds): held-out accuracy {100 * np.mean(accs):.1f}% "
-              f"(min {100 * np.min(accs):.1f}%), balanced accuracy {100 * np.mean(balanced):.1f}%")
+              f"(min {100 * np.min(accs):.1f}%), balanced accuracy {100 * np.mean(balanced):.1f}%, "
+              f"{100 * np.mean(decided):.1f}% where the LLM was decided")
 
 
 def main() -> None:
