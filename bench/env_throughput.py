@@ -4,10 +4,8 @@ Prints random-action steps/s of:
   bare     NLE's own NetHackScore-v0 (same observation keys), one env, this process;
   wrapped  kudos's Score task (macros, captions, caption counts), one env, same action stream;
   vector   kudos's VectorNetHack with B envs over W worker processes;
-  free     the same B envs over W processes stepping on their own, with no coordination: the most
-           any lockstep vector could reach here (each process cycles through B/W games, and every
-           NLE game runs its own copy of the NetHack library, so more games per core cost cache);
 and the ratios wrapped/bare (target >= 0.85) and vector/wrapped (target >= 1.6 on 2 cores).
+``bench/vector_ceiling.py`` measures what any vector design could reach on this machine.
 
 Both single-env runs replay one action stream drawn from NLE's 23 task actions (which both action
 sets share) minus EAT: kudos's eat macro answers the item prompt that bare NLE leaves open, so with
@@ -21,7 +19,6 @@ extended actions, as training does; "wrapped-28" gives the single-env figure for
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import time
 
 import numpy as np
@@ -59,37 +56,6 @@ def run_vector(num_envs: int, workers: int, steps: int, seed: int) -> float:
         return n_batches * num_envs / (time.perf_counter() - start)
 
 
-def _free_worker(num_envs: int, steps: int, seed: int, results: "mp.Queue[float]") -> None:
-    from kudos.envs import make_env
-
-    envs = [make_env("Score") for _ in range(num_envs)]
-    for i, env in enumerate(envs):
-        env.reset(seed=seed + i)
-    actions = np.random.default_rng(seed).integers(envs[0].action_space.n, size=steps)
-    start = time.perf_counter()
-    for t, a in enumerate(actions):
-        env = envs[t % num_envs]
-        _, _, terminated, truncated, _ = env.step(int(a))
-        if terminated or truncated:
-            env.reset()
-    results.put(steps / (time.perf_counter() - start))
-
-
-def run_free(num_envs: int, workers: int, steps: int, seed: int) -> float:
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    procs = [
-        ctx.Process(target=_free_worker, args=(len(envs), steps // workers, seed + 1000 * w, results))
-        for w, envs in enumerate(np.array_split(np.arange(num_envs), workers))
-    ]
-    for proc in procs:
-        proc.start()
-    total = sum(results.get() for _ in procs)
-    for proc in procs:
-        proc.join()
-    return total
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20_000)
@@ -109,7 +75,7 @@ def main() -> None:
     # The 23 task actions are a prefix of the extended set; same index, same key in both envs.
     shared = np.array([i for i in range(bare.action_space.n) if bare.actions[i] != nethack.Command.EAT])
     extended = np.arange(wrapped.action_space.n)
-    figures: dict[str, list[float]] = {"bare": [], "wrapped": [], "wrapped-28": [], "vector": [], "free": []}
+    figures: dict[str, list[float]] = {"bare": [], "wrapped": [], "wrapped-28": [], "vector": []}
     reset_share, episodes = [], 0
     for r in range(args.repeats):
         figures["bare"].append(run_single(bare, args.steps, shared, seed=r)[0])
@@ -119,7 +85,6 @@ def main() -> None:
         reset_share.append(share)
         episodes += ended
         figures["vector"].append(run_vector(args.envs, args.workers, args.steps, seed=r))
-        figures["free"].append(run_free(args.envs, args.workers, args.steps, seed=r))
     med = {k: float(np.median(v)) for k, v in figures.items()}
     for name, value in med.items():
         print(f"{name:>11}: {value:10.0f} steps/s   (runs: {', '.join(f'{x:.0f}' for x in figures[name])})")
@@ -133,7 +98,6 @@ def main() -> None:
         f"vector / wrapped-28 = {med['vector'] / med['wrapped-28']:.2f}   "
         f"(target >= 1.6; B={args.envs}, workers={args.workers})"
     )
-    print(f"free / wrapped-28   = {med['free'] / med['wrapped-28']:.2f}   (ceiling of any lockstep vector here)")
 
 
 if __name__ == "__main__":
