@@ -151,6 +151,10 @@ def read_rows(held_out: float) -> tuple[list[dict[str, Any]], list[dict[str, Any
 UNDECIDED = (0.35, 0.65)
 
 
+def undecided(row: dict[str, Any]) -> bool:
+    return UNDECIDED[0] <= row["soft_label"] <= UNDECIDED[1]
+
+
 def held_out_accuracy(config: ClassifierConfig, train_rows: list[dict[str, Any]], test_rows: list[dict[str, Any]],
                       soft: bool, steps: int) -> tuple[float, float, float]:
     """Train on ``train_rows``, score ``test_rows`` against the LLM's answers: (accuracy, balanced
@@ -159,7 +163,7 @@ def held_out_accuracy(config: ClassifierConfig, train_rows: list[dict[str, Any]]
     model.fit([CaptionLabel(r["caption"], float(r["soft_label"] if soft else r["label"])) for r in train_rows],
               steps=steps)
     y = np.array([r["label"] == 1 for r in test_rows])
-    decided = np.array([not UNDECIDED[0] <= r["soft_label"] <= UNDECIDED[1] for r in test_rows])
+    decided = ~np.array([undecided(r) for r in test_rows])
     correct = (model([r["caption"] for r in test_rows]) >= 0.5) == y
     return float(np.mean(correct)), 0.5 * float(np.mean(correct[y]) + np.mean(correct[~y])), float(np.mean(correct[decided]))
 
@@ -193,8 +197,8 @@ def evaluate(args: argparse.Namespace) -> None:
           f"{100 * np.mean([r['label'] == 1 for r in rows]):.1f}% helpful; "
           f"{len(train_rows)} training captions, {len(held_rows)} held-out captions never seen in training")
     print(f"majority-class baseline on held-out: {100 * max(np.mean(y), 1 - np.mean(y)):.1f}%")
-    undecided = np.mean([UNDECIDED[0] <= r["soft_label"] <= UNDECIDED[1] for r in held_rows])
-    print(f"the LLM was undecided (P(helpful) in {UNDECIDED}) about {100 * undecided:.0f}% of held-out captions; "
+    undecided_share = np.mean([undecided(r) for r in held_rows])
+    print(f"the LLM was undecided (P(helpful) in {UNDECIDED}) about {100 * undecided_share:.0f}% of held-out captions; "
           "their 1/0 answers are close to coin flips")
     retrieval = RetrievalReward()
     retrieval.fit([CaptionLabel(r["caption"], float(r["label"])) for r in train_rows])

@@ -38,19 +38,8 @@ def _step(env, action: int) -> None:
         env.reset()
 
 
-def single(seconds: float) -> float:
-    env = make_env("Score")
-    env.reset(seed=0)
-    rng = np.random.default_rng(0)
-    steps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        for a in rng.integers(ACTIONS, size=256):
-            _step(env, int(a))
-        steps += 256
-    return steps / (time.perf_counter() - start)
-
-
-def _free_worker(num_envs: int, seconds: float, seed: int, results: "mp.Queue[float]") -> None:
+def round_robin(num_envs: int, seconds: float, seed: int) -> float:
+    """Steps/s of ``num_envs`` envs stepped in turn by this process for ``seconds``."""
     envs = [make_env("Score") for _ in range(num_envs)]
     for i, env in enumerate(envs):
         env.reset(seed=seed + i)
@@ -60,7 +49,15 @@ def _free_worker(num_envs: int, seconds: float, seed: int, results: "mp.Queue[fl
         for t, a in enumerate(rng.integers(ACTIONS, size=256)):
             _step(envs[t % num_envs], int(a))
         steps += 256
-    results.put(steps / (time.perf_counter() - start))
+    return steps / (time.perf_counter() - start)
+
+
+def single(seconds: float) -> float:
+    return round_robin(1, seconds, seed=0)
+
+
+def _free_worker(num_envs: int, seconds: float, seed: int, results: "mp.Queue[float]") -> None:
+    results.put(round_robin(num_envs, seconds, seed))
 
 
 def free(num_envs: int, seconds: float, workers: int = 2) -> float:
