@@ -47,9 +47,9 @@ class LearnedConfig:
     ``kernel_size``, ``conv_layers``: CNN sizes. ``pooling``: how the CNN reduces positions
     (``"max"``, or ``"meanmax"``: mean and max side by side). ``dropout``: share of encoder
     features zeroed in training (a regulariser; scoring uses every feature). ``hidden``: MLP
-    width. ``fit_steps``: gradient steps of one :meth:`LearnedRewardModel.fit` call. ``validation_fraction``: labels held out
-    (by caption) for validation accuracy. ``cache_limit``: captions cached per snapshot before
-    the cache is emptied.
+    width. ``fit_steps``: gradient steps of one :meth:`LearnedRewardModel.fit` call.
+    ``validation_fraction``: labels held out (by caption) for validation accuracy.
+    ``cache_limit``: captions cached per snapshot before the cache is emptied.
     """
 
     encoder: EncoderName = "bytes"
