@@ -21,8 +21,8 @@ from kudos.rewards.learned import LearnedConfig, LearnedRewardModel
 @dataclass
 class ClassifierConfig(LearnedConfig):
     """``balance``: how rare helpful captions are made to count — ``"weight"`` (positive loss
-    weighted by negatives/positives; the default, best on held-out captions in
-    ``bench/reward_generalisation.py``), ``"sample"`` (batches half positive) or ``"none"``.
+    weighted by negatives/positives; the default, tied best with ``"sample"`` on held-out captions
+    in ``bench/reward_generalisation.py``), ``"sample"`` (batches half positive) or ``"none"``.
     ``output``: reward ``"probability"`` (P(helpful)) or ``"binary"`` (1.0 when P >=
     ``threshold``, else 0.0).
     """
