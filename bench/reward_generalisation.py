@@ -8,7 +8,8 @@ Stages (each reused when its output exists, so a rerun asks the LLM nothing twic
 2. label: the distinct non-empty captions, in a seeded random order and at most
    ``--max-captions`` of them (a larger value extends the same list), are labelled by the embedded
    LLM (``kudos.feedback``: short classification prompt, "score" goal) through a SQLite label
-   store, and written to ``bench/data/reward_caption_labels.jsonl`` (LLM labels, not hand labels).
+   store, and written to ``bench/data/reward_caption_labels.jsonl.gz`` (LLM labels, not hand
+   labels; gzipped JSON lines).
    When kudos's prompt or embedded model has changed since the file was written, its labels are
    stale and this stage runs again.
 3. evaluate: captions are split (by caption) into training and held-out; the classifier is trained
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import gzip
 import json
 import logging
 import random
@@ -48,7 +50,7 @@ from kudos.feedback.prompts import PromptTemplate
 from kudos.rewards import CaptionLabel, ClassifierConfig, ClassifierReward, RetrievalReward
 from kudos.rewards.dataset import in_validation
 
-DATA = Path(__file__).parent / "data" / "reward_caption_labels.jsonl"
+DATA = Path(__file__).parent / "data" / "reward_caption_labels.jsonl.gz"
 TASKS = ("Score", "Gold", "Eat", "Scout", "Staircase", "Oracle", "Challenge")
 _MOVES = 16  # the first 16 actions of the extended set are the 8 compass moves and 8 long moves
 
@@ -82,10 +84,15 @@ def collect_captions(steps_per_task: int, seed: int) -> collections.Counter[str]
 TEMPLATE = PromptTemplate(kind="classify", goal="score", format="short")
 
 
+def read_data() -> list[dict[str, Any]]:
+    """The rows of ``DATA``: caption, label (1/0), soft_label (P(helpful)), seen, prompt_hash, model_id."""
+    return [json.loads(line) for line in gzip.decompress(DATA.read_bytes()).decode("utf-8").splitlines() if line.strip()]
+
+
 def stale_labels() -> str | None:
     """Why the labels in ``DATA`` are not what kudos's current prompt and embedded model would
     give (None when they are)."""
-    first = json.loads(DATA.read_text(encoding="utf-8").split("\n", 1)[0])
+    first = read_data()[0]
     if first["prompt_hash"] != TEMPLATE.version_hash:
         return f"labelled with prompt {first['prompt_hash'][:12]}, kudos now asks {TEMPLATE.version_hash[:12]}"
     if first["model_id"] != MODEL_ID:
@@ -127,13 +134,14 @@ def build_dataset(args: argparse.Namespace) -> None:
     sample = distinct[: args.max_captions]
     labels, meta = label_captions(sample, args.store, args.threads)
     DATA.parent.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for caption in sample:
+        if caption in labels:
+            label, soft = labels[caption]
+            row = {"caption": caption, "label": label, "soft_label": soft, "seen": counts[caption], **meta}
+            lines.append(json.dumps(row, ensure_ascii=False) + "\n")
     tmp = DATA.with_name(DATA.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for caption in sample:
-            if caption in labels:
-                label, soft = labels[caption]
-                row = {"caption": caption, "label": label, "soft_label": soft, "seen": counts[caption], **meta}
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.write_bytes(gzip.compress("".join(lines).encode("utf-8"), mtime=0))  # mtime 0: same labels, same bytes
     tmp.replace(DATA)
     log.info("wrote %d labelled captions to %s", len(labels), DATA)
 
@@ -167,7 +175,7 @@ CURVE_SHARES = (0.25, 0.5)
 
 def read_rows(held_out: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Labelled captions split by caption hash: (training rows, held-out rows)."""
-    rows = [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = read_data()
     held = [in_validation((r["caption"],), held_out) for r in rows]
     return [r for r, h in zip(rows, held) if not h], [r for r, h in zip(rows, held) if h]
 

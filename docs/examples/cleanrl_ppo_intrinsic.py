@@ -5,7 +5,7 @@ This trainer knows nothing about kudos's own learner: the reward arrives through
 Gymnasium trainer. Two ways to get the reward model:
 
 - default (offline): fit the char-CNN classifier to the LLM answer probabilities shipped in
-  ``bench/data/reward_caption_labels.jsonl`` (labelled by kudos's embedded LLM);
+  ``bench/data/reward_caption_labels.jsonl.gz`` (labelled by kudos's embedded LLM);
 - ``--online``: start the embedded LLM annotator; every caption the agent sees is submitted for
   labelling and an online trainer keeps improving the classifier in a background thread while
   PPO runs (the wrapper always scores with the latest published weights).
@@ -16,6 +16,7 @@ Run: ``.venv/bin/python docs/examples/cleanrl_ppo_intrinsic.py --total-steps 200
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import logging
 import tempfile
@@ -37,7 +38,7 @@ from kudos.rewards import (
     follow_annotator,
 )
 
-LABELS = Path(__file__).resolve().parents[2] / "bench" / "data" / "reward_caption_labels.jsonl"
+LABELS = Path(__file__).resolve().parents[2] / "bench" / "data" / "reward_caption_labels.jsonl.gz"
 
 
 def features(obs: dict[str, np.ndarray]) -> torch.Tensor:
@@ -100,7 +101,8 @@ def main() -> None:
             stack.enter_context(follow_annotator(model, annotator, TrainerConfig(min_labels=16)))
             submit = annotator.submit
         else:
-            rows = [json.loads(line) for line in LABELS.read_text(encoding="utf-8").splitlines() if line.strip()]
+            text = gzip.decompress(LABELS.read_bytes()).decode("utf-8")
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
             model.fit([CaptionLabel(r["caption"], float(r["soft_label"])) for r in rows], steps=args.fit_steps)
 
         # 2. Envs: the wrapper adds c_int * P(helpful) / N_episode(caption)^3 to the scaled game reward.
