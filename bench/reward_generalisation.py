@@ -24,7 +24,7 @@ trained (soft labels) on two folds and scored on the third, for every seed, and 
 inner accuracies is printed. Only a candidate chosen this way is then scored on the held-out
 captions (see docs/rewards.md for the last selection).
 
-Run: ``.venv/bin/python bench/reward_generalisation.py`` (collecting takes about a minute;
+Run: ``.venv/bin/python bench/reward_generalisation.py`` (collecting takes about ten seconds;
 labelling the ~5,200 distinct captions takes ~20 minutes at ~4-5 labels/s on 2 cores, once;
 evaluation alone takes a few minutes).
 """
