@@ -15,8 +15,11 @@ Stages (each reused when its output exists, so a rerun asks the LLM nothing twic
 3. evaluate: captions are split (by caption) into training and held-out; the classifier is trained
    on the training captions only and scored on the held-out ones against the LLM's 1/0 answers,
    next to retrieval (which can only score 0 on captions it has not seen) and the majority-class
-   baseline. Variants: char-CNN or MiniLM features, class balancing, and training on the LLM's
-   answers (1/0) or on its answer probabilities ("soft"; their 0.5 threshold is the answer).
+   baseline. Variants: the char-CNN with or without its dilation and sentence positions, MiniLM
+   features, class balancing, and training on the LLM's answers (1/0) or on its answer
+   probabilities ("soft"; their 0.5 threshold is the answer). Then a learning curve, and the
+   default classifier cross-validated over all captions (``--folds``), which measures the same
+   accuracy on every caption instead of a quarter of them.
 
 ``--select`` chooses the classifier's settings without reading the held-out captions: the training
 captions are split again by caption hash into three folds, each candidate in ``CANDIDATES`` is
@@ -26,7 +29,7 @@ captions (see docs/rewards.md for the last selection).
 
 Run: ``.venv/bin/python bench/reward_generalisation.py`` (collecting takes about ten seconds;
 labelling the ~5,200 distinct captions takes ~20 minutes at ~4-5 labels/s on 2 cores, once;
-evaluation alone takes a few minutes).
+evaluation alone takes about half an hour with ``--seeds 3``).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import gzip
 import json
 import logging
 import random
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -146,19 +150,22 @@ def build_dataset(args: argparse.Namespace) -> None:
     log.info("wrote %d labelled captions to %s", len(labels), DATA)
 
 
-#: (encoder, class balance, train on soft labels) variants of the classifier that are evaluated.
-VARIANTS = (
-    ("bytes", "sample", False),
-    ("bytes", "sample", True),
-    ("bytes", "weight", True),
-    ("bytes", "none", True),
-    ("minilm", "sample", True),
+#: Variants of the classifier that are evaluated: (overrides of ``ClassifierConfig()``, train on
+#: the LLM's answer probabilities rather than its 1/0 answers). The first is the default.
+VARIANTS: tuple[tuple[dict[str, Any], bool], ...] = (
+    ({}, True),
+    ({"dilation": 1, "sentence_positions": 0}, True),  # the CNN as ONI has it: no dilation, no sentence positions
+    ({"balance": "sample"}, False),
+    ({"balance": "sample"}, True),
+    ({"balance": "none"}, True),
+    ({"encoder": "minilm", "balance": "sample"}, True),
 )
 
 
 #: Classifier settings (overrides of ``ClassifierConfig()``) compared by ``--select``.
 CANDIDATES: tuple[dict[str, Any], ...] = (
     {"dropout": 0.0},
+    {"dropout": 0.0, "dilation": 1, "sentence_positions": 0},
     {"dropout": 0.0, "weight_decay": 1e-3},
     {"dropout": 0.3},
     {"dropout": 0.5},
@@ -188,6 +195,24 @@ def undecided(row: dict[str, Any]) -> bool:
     return UNDECIDED[0] <= row["soft_label"] <= UNDECIDED[1]
 
 
+def message_order_agreement(rows: list[dict[str, Any]]) -> tuple[int, float, float]:
+    """On the captions of several sentences whose every sentence is also a labelled caption: their
+    number, and how often the LLM's 1/0 answer for the caption is its answer for the last
+    sentence, and for the first (sentences end at ".", "!" or "?" and a space, as
+    ``kudos.rewards.encoders.sentence_ranks`` reads them)."""
+    label = {r["caption"]: r["label"] for r in rows}
+    split = {c: re.split(r"(?<=[.!?]) ", c) for c in label}
+    covered = [c for c, parts in split.items() if len(parts) > 1 and all(p in label for p in parts)]
+    last = np.mean([label[c] == label[split[c][-1]] for c in covered])
+    first = np.mean([label[c] == label[split[c][0]] for c in covered])
+    return len(covered), float(last), float(first)
+
+
+def standard_error(accuracy: float, n: int) -> float:
+    """Binomial standard error of an accuracy measured on ``n`` captions."""
+    return float(np.sqrt(accuracy * (1 - accuracy) / n))
+
+
 def held_out_accuracy(config: ClassifierConfig, train_rows: list[dict[str, Any]], test_rows: list[dict[str, Any]],
                       soft: bool, steps: int) -> tuple[float, float, float]:
     """Train on ``train_rows``, score ``test_rows`` against the LLM's answers: (accuracy, balanced
@@ -201,13 +226,28 @@ def held_out_accuracy(config: ClassifierConfig, train_rows: list[dict[str, Any]]
     return float(np.mean(correct)), 0.5 * float(np.mean(correct[y]) + np.mean(correct[~y])), float(np.mean(correct[decided]))
 
 
+def caption_folds(rows: list[dict[str, Any]], start: float, k: int) -> list[list[dict[str, Any]]]:
+    """``rows`` split by caption into ``k`` fixed, disjoint folds: fold i holds the captions whose
+    hash bucket lies in the i-th k-th of the buckets from ``start`` up (``in_validation(c, f)`` is
+    "bucket < f"; the buckets below ``start`` are the held-out captions)."""
+    edges = [start + (1 - start) * i / k for i in range(k + 1)]
+    return [[r for r in rows if in_validation((r["caption"],), edges[i + 1])
+             and not in_validation((r["caption"],), edges[i])] for i in range(k)]
+
+
+def cross_validated_accuracy(rows: list[dict[str, Any]], k: int, seed: int, steps: int) -> float:
+    """Accuracy of the default classifier over all ``rows``, each scored by the model trained on
+    the other ``k - 1`` folds (so it never saw that caption): ``k`` times the held-out captions of
+    one split, hence a smaller sampling error."""
+    folds = caption_folds(rows, 0.0, k)
+    correct = sum(held_out_accuracy(ClassifierConfig(seed=seed), [r for j, f in enumerate(folds) if j != i for r in f],
+                                    fold, soft=True, steps=steps)[0] * len(fold) for i, fold in enumerate(folds))
+    return correct / sum(len(f) for f in folds)
+
+
 def select(args: argparse.Namespace) -> None:
     train_rows, _ = read_rows(args.held_out)  # the held-out rows are not looked at
-    # Fold k: the training captions whose hash bucket lies in the k-th third of the buckets above
-    # the held-out ones (in_validation(c, f) is "bucket < f"), so folds are fixed and disjoint.
-    edges = [args.held_out + (1 - args.held_out) * k / 3 for k in range(4)]
-    folds = [[r for r in train_rows if in_validation((r["caption"],), edges[k + 1])
-              and not in_validation((r["caption"],), edges[k])] for k in range(3)]
+    folds = caption_folds(train_rows, args.held_out, 3)
     print(f"selection: {len(train_rows)} training captions in folds of {[len(f) for f in folds]}; "
           f"held-out captions not read; {args.steps} steps, soft labels, seeds 0-{args.seeds - 1}")
     for overrides in CANDIDATES:
@@ -229,28 +269,31 @@ def evaluate(args: argparse.Namespace) -> None:
     print(f"data: {len(rows)} captions from real NLE play labelled by the embedded LLM ({rows[0]['model_id']}), "
           f"{100 * np.mean([r['label'] == 1 for r in rows]):.1f}% helpful; "
           f"{len(train_rows)} training captions, {len(held_rows)} held-out captions never seen in training")
-    print(f"majority-class baseline on held-out: {100 * max(np.mean(y), 1 - np.mean(y)):.1f}%")
+    print(f"majority-class baseline on held-out: {100 * max(np.mean(y), 1 - np.mean(y)):.1f}%; an accuracy near 90% "
+          f"on {len(held_rows)} captions has a sampling error of +-{100 * standard_error(0.9, len(held_rows)):.1f} points")
     undecided_share = np.mean([undecided(r) for r in held_rows])
     print(f"the LLM was undecided (P(helpful) in {UNDECIDED}) about {100 * undecided_share:.0f}% of held-out captions; "
           "their 1/0 answers are close to coin flips")
+    covered, last, first = message_order_agreement(rows)
+    print(f"on {covered} captions of several messages, each also labelled alone, the LLM's answer is its answer "
+          f"for the last message in {100 * last:.0f}% of cases, for the first in {100 * first:.0f}%")
     retrieval = RetrievalReward()
     retrieval.fit([CaptionLabel(r["caption"], float(r["label"])) for r in train_rows])
     scored = retrieval(held_out)
     print(f"retrieval: scores {100 * np.mean(scored != 0):.1f}% of held-out captions (0 by design); "
           f"accuracy if 0 is read as 'not helpful': {100 * np.mean((scored >= 0.5) == y):.1f}%")
-    for encoder, balance, soft in VARIANTS:
+    for overrides, soft in VARIANTS:
         accs, balanced, decided = [], [], []
         for seed in range(args.seeds):
             start = time.perf_counter()
-            config = ClassifierConfig(encoder=encoder, balance=balance, seed=seed)
-            accuracy, balanced_accuracy, decided_accuracy = held_out_accuracy(config, train_rows, held_rows, soft, args.steps)
+            accuracy, balanced_accuracy, decided_accuracy = held_out_accuracy(
+                ClassifierConfig(seed=seed, **overrides), train_rows, held_rows, soft, args.steps)
             accs.append(accuracy)
             balanced.append(balanced_accuracy)
             decided.append(decided_accuracy)
-            log.info("%s/%s/%s seed %d: %.1f%% in %.0f s", encoder, balance, "soft" if soft else "hard", seed,
+            log.info("%s %s seed %d: %.1f%% in %.0f s", overrides or "default", "soft" if soft else "hard", seed,
                      100 * accs[-1], time.perf_counter() - start)
-        print(f"classifier encoder={encoder}, balance={balance}, dropout={config.dropout}, "
-              f"{'soft' if soft else 'hard'} labels "
+        print(f"classifier {overrides or 'default'}, {'soft' if soft else 'hard'} labels "
               f"({args.steps} steps, {args.seeds} seeds): held-out accuracy {100 * np.mean(accs):.1f}% "
               f"(min {100 * np.min(accs):.1f}%), balanced accuracy {100 * np.mean(balanced):.1f}%, "
               f"{100 * np.mean(decided):.1f}% where the LLM was decided")
@@ -261,6 +304,12 @@ def evaluate(args: argparse.Namespace) -> None:
                 for seed in range(args.seeds)]
         print(f"default classifier trained on {len(subset)} of the {len(train_rows)} training captions: "
               f"held-out accuracy {100 * np.mean(accs):.1f}% (min {100 * np.min(accs):.1f}%)")
+    if args.folds:
+        accs = [cross_validated_accuracy(rows, args.folds, seed, args.steps) for seed in range(args.seeds)]
+        print(f"default classifier, {args.folds}-fold cross-validation by caption over all {len(rows)} captions "
+              f"(each scored by a model that never saw it): accuracy {100 * np.mean(accs):.1f}% "
+              f"(seeds: {', '.join(f'{100 * a:.1f}%' for a in accs)}; sampling error of one seed "
+              f"+-{100 * standard_error(float(np.mean(accs)), len(rows)):.1f})")
 
 
 def main() -> None:
@@ -275,6 +324,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1_000, help="classifier training steps")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--folds", type=int, default=4,
+                        help="folds of the cross-validation over all captions (default classifier; 0: skip)")
     parser.add_argument("--select", action="store_true",
                         help="compare CANDIDATES on folds of the training captions only (no held-out scoring)")
     args = parser.parse_args()
