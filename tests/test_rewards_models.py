@@ -28,7 +28,7 @@ from kudos.rewards import (
     bradley_terry_loss,
     train_offline_motif,
 )
-from kudos.rewards.encoders import CharCNN, caption_bytes, sentence_ranks
+from kudos.rewards.encoders import CharCNN, caption_bytes
 from kudos.rewards.shaping import NormalizerConfig
 
 ITEMS = ["gold pieces", "a dagger", "an apple", "a scroll", "gems", "a wand", "a ring", "armor"]
@@ -148,40 +148,13 @@ def test_classifier_scores_are_cached_per_snapshot():
 def test_char_cnn_features_do_not_depend_on_batch_padding(pooling):
     torch.manual_seed(0)
     net = CharCNN(channels=8, pooling=pooling)
-    short = "You see a newt. It bites!"
-    fits = "You see a newt. It bites! Ouch!!"  # 32 bytes: no padding when alone
-    alone = net(*net.prepare([short, fits]))
-    padded = net(*net.prepare([short, fits, "x" * 250]))
-    assert alone.shape == (2, 16 if pooling == "meanmax" else 8)
-    torch.testing.assert_close(alone, padded[:2], rtol=1e-5, atol=1e-6)
+    short = "You see a newt."
+    alone = net(*caption_bytes([short]))
+    padded = net(*caption_bytes([short, "x" * 250]))
+    assert alone.shape == (1, 16 if pooling == "meanmax" else 8)
+    torch.testing.assert_close(alone[0], padded[0], rtol=1e-5, atol=1e-6)
     codes, lengths = caption_bytes(["", "é" * 300])
     assert codes.shape == (2, 256) and lengths.tolist() == [0, 256]
-
-
-def test_sentence_ranks_count_sentences_from_the_end():
-    codes, _ = caption_bytes(["Hi. Yo! Ok?", "3.5 gold", ""])
-    ranks = sentence_ranks(codes)
-    assert ranks[0, :11].tolist() == [2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0]
-    assert ranks[1].tolist() == [0] * 16 and ranks[2].tolist() == [0] * 16  # "3.5": no space after the dot
-
-
-def test_char_cnn_features_depend_on_sentence_position():
-    torch.manual_seed(0)
-    net = CharCNN(channels=8)
-    codes, lengths, ranks = net.prepare(["You kill the newt! It's a wall.", "You kill the newt!"])
-    as_last = net(codes, lengths, torch.zeros_like(ranks))  # every byte read as in the last sentence
-    features = net(codes, lengths, ranks)
-    assert not torch.allclose(features[0], as_last[0])
-    torch.testing.assert_close(features[1], as_last[1])
-    plain = CharCNN(channels=8, sentence_positions=0)
-    codes, lengths, ranks = plain.prepare(["You kill the newt! It's a wall."])
-    torch.testing.assert_close(plain(codes, lengths, ranks), plain(codes, lengths, torch.zeros_like(ranks)))
-
-
-@pytest.mark.parametrize("kwargs", [{"dilation": 0}, {"sentence_positions": -1}, {"kernel_size": 4}])
-def test_char_cnn_rejects_bad_sizes(kwargs):
-    with pytest.raises(KudosError):
-        CharCNN(**kwargs)
 
 
 # --- ranking -----------------------------------------------------------------------------------

