@@ -15,11 +15,10 @@ Stages (each reused when its output exists, so a rerun asks the LLM nothing twic
 3. evaluate: captions are split (by caption) into training and held-out; the classifier is trained
    on the training captions only and scored on the held-out ones against the LLM's 1/0 answers,
    next to retrieval (which can only score 0 on captions it has not seen) and the majority-class
-   baseline. Variants: the char-CNN with or without its dilation and sentence positions, MiniLM
-   features, class balancing, and training on the LLM's answers (1/0) or on its answer
-   probabilities ("soft"; their 0.5 threshold is the answer). Then a learning curve, and the
-   default classifier cross-validated over all captions (``--folds``), which measures the same
-   accuracy on every caption instead of a quarter of them.
+   baseline. Variants: char-CNN or MiniLM features, class balancing, and training on the LLM's
+   answers (1/0) or on its answer probabilities ("soft"; their 0.5 threshold is the answer).
+   Then a learning curve, and the default classifier cross-validated over all captions
+   (``--folds``), which measures the same accuracy on every caption instead of a quarter of them.
 
 ``--select`` chooses the classifier's settings without reading the held-out captions: the training
 captions are split again by caption hash into three folds, each candidate in ``CANDIDATES`` is
@@ -154,7 +153,6 @@ def build_dataset(args: argparse.Namespace) -> None:
 #: the LLM's answer probabilities rather than its 1/0 answers). The first is the default.
 VARIANTS: tuple[tuple[dict[str, Any], bool], ...] = (
     ({}, True),
-    ({"dilation": 1, "sentence_positions": 0}, True),  # the CNN as ONI has it: no dilation, no sentence positions
     ({"balance": "sample"}, False),
     ({"balance": "sample"}, True),
     ({"balance": "none"}, True),
@@ -165,7 +163,6 @@ VARIANTS: tuple[tuple[dict[str, Any], bool], ...] = (
 #: Classifier settings (overrides of ``ClassifierConfig()``) compared by ``--select``.
 CANDIDATES: tuple[dict[str, Any], ...] = (
     {"dropout": 0.0},
-    {"dropout": 0.0, "dilation": 1, "sentence_positions": 0},
     {"dropout": 0.0, "weight_decay": 1e-3},
     {"dropout": 0.3},
     {"dropout": 0.5},
@@ -198,8 +195,8 @@ def undecided(row: dict[str, Any]) -> bool:
 def message_order_agreement(rows: list[dict[str, Any]]) -> tuple[int, float, float]:
     """On the captions of several sentences whose every sentence is also a labelled caption: their
     number, and how often the LLM's 1/0 answer for the caption is its answer for the last
-    sentence, and for the first (sentences end at ".", "!" or "?" and a space, as
-    ``kudos.rewards.encoders.sentence_ranks`` reads them)."""
+    sentence, and for the first (sentences end at ".", "!" or "?" and a space: kudos joins the
+    messages of one step with a space)."""
     label = {r["caption"]: r["label"] for r in rows}
     split = {c: re.split(r"(?<=[.!?]) ", c) for c in label}
     covered = [c for c, parts in split.items() if len(parts) > 1 and all(p in label for p in parts)]
