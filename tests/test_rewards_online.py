@@ -5,6 +5,7 @@ import time
 import numpy as np
 import pytest
 
+from kudos.config import load_config
 from kudos.errors import ConfigError, KudosError
 from kudos.rewards.online import IntrinsicReward, LLMConfig, RewardConfig
 from kudos.rewards.trainer import TrainerConfig
@@ -67,3 +68,14 @@ def test_labels_flow_from_the_llm_to_the_reward_model(tmp_path):
 def test_offline_motif_without_pairs_says_what_to_do(tmp_path):
     with pytest.raises(KudosError, match="offline Motif found no pair labels.*kudos annotate"):
         IntrinsicReward(RewardConfig(type="motif"), LLMConfig(store=str(tmp_path / "s.sqlite")), goal="score")
+
+
+def test_learned_models_take_their_settings_from_the_reward_config(tmp_path):
+    config = load_config(overrides=["reward.type=ensemble", "reward.members=classification,ranking",
+                                    "reward.classifier.channels=16", "reward.ranker.hidden=8"]).reward
+    reward = IntrinsicReward(config, LLMConfig(store=str(tmp_path / "labels.sqlite")), goal="score")
+    try:
+        classifier, ranker = reward.model.members
+        assert classifier.network.encoder.dim == 16 and ranker.network.head[0].out_features == 8
+    finally:
+        reward.close()
