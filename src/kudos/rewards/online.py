@@ -78,7 +78,7 @@ class RewardConfig:
     ``members``/``ensemble_k``: for ``type="ensemble"``. ``motif_steps``: gradient steps of the
     offline Motif fit. ``classifier``/``ranker``: network and optimisation settings of the learned
     models (e.g. ``reward.classifier.channels=128 reward.classifier.hidden=128``: a wider
-    classifier, ~0.5 points more accurate on unseen captions and ~2x slower on captions it has
+    classifier, ~0.3 points more accurate on unseen captions and ~2x slower on captions it has
     not cached; see docs/rewards.md).
     """
 
