@@ -232,12 +232,14 @@ def caption_folds(rows: list[dict[str, Any]], start: float, k: int) -> list[list
              and not in_validation((r["caption"],), edges[i])] for i in range(k)]
 
 
-def cross_validated_accuracy(rows: list[dict[str, Any]], k: int, seed: int, steps: int) -> float:
-    """Accuracy of the default classifier over all ``rows``, each scored by the model trained on
-    the other ``k - 1`` folds (so it never saw that caption): ``k`` times the held-out captions of
-    one split, hence a smaller sampling error."""
+def cross_validated_accuracy(rows: list[dict[str, Any]], k: int, seed: int, steps: int,
+                             overrides: dict[str, Any] | None = None) -> float:
+    """Accuracy of the classifier (``ClassifierConfig(**overrides)``, default settings if None) over
+    all ``rows``, each scored by the model trained on the other ``k - 1`` folds (so it never saw
+    that caption): ``k`` times the held-out captions of one split, hence a smaller sampling error."""
     folds = caption_folds(rows, 0.0, k)
-    correct = sum(held_out_accuracy(ClassifierConfig(seed=seed), [r for j, f in enumerate(folds) if j != i for r in f],
+    config = ClassifierConfig(seed=seed, **(overrides or {}))
+    correct = sum(held_out_accuracy(config, [r for j, f in enumerate(folds) if j != i for r in f],
                                     fold, soft=True, steps=steps)[0] * len(fold) for i, fold in enumerate(folds))
     return correct / sum(len(f) for f in folds)
 
