@@ -100,7 +100,9 @@ class CharCNN(nn.Module):
         read = lengths.clamp(min=1)
         mask = (positions[None, :] < read[:, None]).unsqueeze(1).to(x.dtype)  # (N, 1, L)
         for conv in self.convs:
-            x = torch.relu(conv(x)) * mask
+            # Masking before the ReLU equals masking after it (the mask is 0/1), and both can then
+            # work in place: neither the convolution's nor the product's backward needs the output.
+            x = conv(x).mul_(mask).relu_()
         # Activations are >= 0 and padding is 0, so the max (and sum) over all positions is the
         # max (and sum) over the caption's own positions.
         peak = x.amax(dim=2)
