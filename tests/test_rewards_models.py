@@ -131,6 +131,34 @@ def test_feature_dropout_acts_in_training_only():
     np.testing.assert_array_equal(model.raw_scores(captions), model.raw_scores(captions))
 
 
+def test_published_weights_are_the_moving_average_of_the_training_weights():
+    model = ClassifierReward(ClassifierConfig(seed=3, average=0.9))
+    model.add_labels(_caption_labels(range(40)))
+    expected = [p.detach().clone() for p in model.network.parameters()]
+    for step in range(1, 31):
+        model.train_step()
+        decay = min(0.9, step / (9 + step))  # (1 + t) / (10 + t) for the t-th step, from 0
+        expected = [e + (1 - decay) * (p.detach() - e) for e, p in zip(expected, model.network.parameters())]
+    model.publish()
+    for average, e in zip(model.published_weights.parameters(), expected):
+        torch.testing.assert_close(average, e)
+    captions = [_good(i) for i in range(8)] + [_bad(i) for i in range(8)]
+    with torch.inference_mode():
+        averaged = torch.sigmoid(model.published_weights.score(captions)).numpy()
+        latest = torch.sigmoid(model.network.eval().score(captions)).numpy()
+    np.testing.assert_allclose(model(captions), averaged, rtol=1e-6)
+    assert not np.allclose(averaged, latest, rtol=1e-3)
+    assert model.accuracy("train") is not None
+
+    plain = ClassifierReward(ClassifierConfig(seed=3, average=0.0))
+    plain.fit(_caption_labels(range(40)), steps=5)
+    assert plain.published_weights is plain.network
+    for published, trained in zip(plain._snapshot.network.parameters(), plain.network.parameters()):
+        assert torch.equal(published, trained)
+    with pytest.raises(KudosError, match=r"average must be in \[0, 1\)"):
+        ClassifierConfig(average=1.0)
+
+
 def test_classifier_scores_are_cached_per_snapshot():
     model = ClassifierReward()
     model.fit(_caption_labels(range(64)), steps=5)

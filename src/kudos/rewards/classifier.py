@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from kudos.errors import ConfigError
 from kudos.rewards.base import LabelKind
-from kudos.rewards.learned import LearnedConfig, LearnedRewardModel
+from kudos.rewards.learned import CaptionScorer, LearnedConfig, LearnedRewardModel
 
 
 @dataclass
@@ -32,6 +32,7 @@ class ClassifierConfig(LearnedConfig):
     threshold: float = 0.5
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.balance not in ("sample", "weight", "none"):
             raise ConfigError(f"balance must be 'sample', 'weight' or 'none', got {self.balance!r}")
         if self.output not in ("probability", "binary"):
@@ -59,8 +60,8 @@ class ClassifierReward(LearnedRewardModel):
                 weight = torch.where(targets >= 0.5, (1.0 - share) / share, 1.0)
         return F.binary_cross_entropy_with_logits(logits, targets, weight=weight)
 
-    def label_accuracy(self, texts: list[tuple[str, ...]], targets: np.ndarray) -> float:
-        predicted = self.network.score([t[0] for t in texts]).numpy() >= 0.0  # logit 0 = P 0.5
+    def label_accuracy(self, network: CaptionScorer, texts: list[tuple[str, ...]], targets: np.ndarray) -> float:
+        predicted = network.score([t[0] for t in texts]).numpy() >= 0.0  # logit 0 = P 0.5
         return float(np.mean(predicted == (targets >= 0.5)))
 
     def to_value(self, outputs: torch.Tensor) -> torch.Tensor:

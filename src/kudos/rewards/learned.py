@@ -5,7 +5,9 @@ A :class:`LearnedRewardModel` keeps two copies of its network. The *training* co
 trainer); :meth:`~LearnedRewardModel.publish` copies it into a frozen *snapshot* that scoring
 uses, together with a fresh per-caption cache. Scoring therefore never waits for training and
 never sees half-updated weights, and a batch of 4,096 captions costs one network pass per caption
-not yet scored by the current snapshot (NetHack repeats a small set of messages).
+not yet scored by the current snapshot (NetHack repeats a small set of messages). With
+``average`` > 0 the snapshot is an exponential moving average of the training weights rather than
+their latest value: it generalises a little better and moves less from one publish to the next.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kudos.errors import KudosError
+from kudos.errors import ConfigError, KudosError
 from kudos.rewards.base import Label, LabelKind, RewardModel, caption_error, check_captions
 from kudos.rewards.dataset import LabelDataset
 from kudos.rewards.encoders import MAX_CAPTION_BYTES, EncoderName, Pooling, make_encoder
@@ -48,6 +50,10 @@ class LearnedConfig:
     (``"max"``, or ``"meanmax"``: mean and max side by side). ``dropout``: share of encoder
     features zeroed in training (a regulariser; scoring uses every feature). ``hidden``: MLP
     width. ``fit_steps``: gradient steps of one :meth:`LearnedRewardModel.fit` call.
+    ``average``: decay per step of the moving average of the training weights that
+    :meth:`LearnedRewardModel.publish` hands to scoring, in [0, 1) (0: the training weights
+    themselves); over the first steps the decay is lowered to ``(1 + t) / (10 + t)`` at step
+    ``t``, so the average does not dwell on the initial weights.
     ``validation_fraction``: labels held out (by caption) for validation accuracy.
     ``cache_limit``: captions cached per snapshot before the cache is emptied.
     """
@@ -61,12 +67,17 @@ class LearnedConfig:
     dropout: float = 0.0
     hidden: int = 64
     lr: float = 1e-3
+    average: float = 0.0
     weight_decay: float = 1e-5
     batch_size: int = 128
     fit_steps: int = 500
     validation_fraction: float = 0.1
     seed: int = 0
     cache_limit: int = 500_000
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.average < 1.0:
+            raise ConfigError(f"average must be in [0, 1), got {self.average}")
 
 
 class CaptionScorer(nn.Module):
@@ -149,12 +160,14 @@ class LearnedRewardModel(RewardModel):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             self.network = CaptionScorer(config)
+        # The weights publish() hands to scoring when averaging, else None (the training weights).
+        self.averaged = self._frozen_copy(self.network) if config.average > 0.0 else None
         self.optimizer = torch.optim.Adam(self.network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.dataset = LabelDataset(self.learns_from, config.validation_fraction)
         self.rng = np.random.default_rng(config.seed)
         self.steps = 0
         self.frozen = False
-        self._snapshot = _Snapshot(0, self._frozen_copy())
+        self._snapshot = _Snapshot(0, self._frozen_copy(self.network))
 
     # --- scoring (any thread) ---------------------------------------------------------------
 
@@ -214,11 +227,22 @@ class LearnedRewardModel(RewardModel):
         loss.backward()
         self.optimizer.step()
         self.steps += 1
+        if self.averaged is not None:
+            decay = min(self.config.average, self.steps / (9.0 + self.steps))
+            with torch.no_grad():
+                for average, weight in zip(self.averaged.parameters(), self.network.parameters()):
+                    average.lerp_(weight, 1.0 - decay)
         return float(loss.detach())
 
+    @property
+    def published_weights(self) -> CaptionScorer:
+        """The network :meth:`publish` copies: the moving average when averaging, else the
+        training network itself."""
+        return self.network if self.averaged is None else self.averaged
+
     def publish(self) -> None:
-        """Make the current training weights the ones scoring uses."""
-        self._snapshot = _Snapshot(self._snapshot.version + 1, self._frozen_copy())
+        """Make the current training weights (or their moving average) the ones scoring uses."""
+        self._snapshot = _Snapshot(self._snapshot.version + 1, self._frozen_copy(self.published_weights))
 
     def fit(self, labels: Iterable[Label], steps: int | None = None) -> None:
         """Add ``labels``, take ``steps`` gradient steps (default ``config.fit_steps``), publish."""
@@ -230,16 +254,17 @@ class LearnedRewardModel(RewardModel):
         self.publish()
 
     def accuracy(self, split: Literal["train", "validation"], limit: int = 4096) -> float | None:
-        """Accuracy of the training weights on the newest ``limit`` labels of ``split``; None if
-        there are none to judge."""
+        """Accuracy of the weights the next :meth:`publish` would hand to scoring, on the newest
+        ``limit`` labels of ``split``; None if there are none to judge."""
         train, validation, _ = self.dataset.split()
         index = (train if split == "train" else validation)[-limit:]
         if len(index) == 0:
             return None
         texts, targets = self.dataset.rows(index)
-        self.network.eval()
+        network = self.published_weights
+        network.eval()
         with torch.inference_mode():
-            return self.label_accuracy(texts, targets)
+            return self.label_accuracy(network, texts, targets)
 
     def freeze(self) -> None:
         """Publish the current weights and refuse any further training."""
@@ -250,10 +275,11 @@ class LearnedRewardModel(RewardModel):
         if self.frozen:
             raise FrozenModelError(f"this {type(self).__name__} is frozen (offline Motif); it cannot learn more labels")
 
-    def _frozen_copy(self) -> CaptionScorer:
-        network = copy.deepcopy(self.network).eval()
-        network.requires_grad_(False)
-        return network
+    @staticmethod
+    def _frozen_copy(network: CaptionScorer) -> CaptionScorer:
+        frozen = copy.deepcopy(network).eval()
+        frozen.requires_grad_(False)
+        return frozen
 
     # --- subclass hooks -----------------------------------------------------------------------
 
@@ -265,8 +291,8 @@ class LearnedRewardModel(RewardModel):
         """Scalar training loss of the training network on a batch of label rows."""
 
     @abstractmethod
-    def label_accuracy(self, texts: list[tuple[str, ...]], targets: np.ndarray) -> float | None:
-        """Share of rows the training network gets right; None if no row can be judged."""
+    def label_accuracy(self, network: CaptionScorer, texts: list[tuple[str, ...]], targets: np.ndarray) -> float | None:
+        """Share of rows ``network`` gets right; None if no row can be judged."""
 
     def to_value(self, outputs: torch.Tensor) -> torch.Tensor:
         """Network outputs -> the per-caption values that are cached (default: unchanged)."""
@@ -279,7 +305,7 @@ class LearnedRewardModel(RewardModel):
     # --- checkpoints --------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state = {
             "network": {k: v.clone() for k, v in self.network.state_dict().items()},
             "published": {k: v.clone() for k, v in self._snapshot.network.state_dict().items()},
             "version": self._snapshot.version,
@@ -290,6 +316,9 @@ class LearnedRewardModel(RewardModel):
             "steps": self.steps,
             "frozen": self.frozen,
         }
+        if self.averaged is not None:
+            state["averaged"] = {k: v.clone() for k, v in self.averaged.state_dict().items()}
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.network.load_state_dict(state["network"])
@@ -300,6 +329,9 @@ class LearnedRewardModel(RewardModel):
             self.network.generator.set_state(state["dropout_rng"])
         self.steps = int(state["steps"])
         self.frozen = bool(state["frozen"])
-        published = self._frozen_copy()
+        if self.averaged is not None:
+            # A checkpoint written without averaging starts the average at its training weights.
+            self.averaged.load_state_dict(state.get("averaged", state["network"]))
+        published = self._frozen_copy(self.network)
         published.load_state_dict(state["published"])
         self._snapshot = _Snapshot(int(state["version"]), published)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from kudos.errors import ConfigError
 from kudos.rewards.base import LabelKind
-from kudos.rewards.learned import LearnedConfig, LearnedRewardModel
+from kudos.rewards.learned import CaptionScorer, LearnedConfig, LearnedRewardModel
 from kudos.rewards.shaping import Normalizer, NormalizerConfig
 
 
@@ -45,6 +45,7 @@ class RankerConfig(LearnedConfig):
     )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.normalization not in ("intended", "published"):
             raise ConfigError(f"normalization must be 'intended' or 'published', got {self.normalization!r}")
         if isinstance(self.normalizer, dict):  # from YAML
@@ -61,19 +62,20 @@ class RankerReward(LearnedRewardModel):
         super().__init__(self.config)
         self.normalizer = Normalizer(self.config.normalizer)
 
-    def _pair_scores(self, texts: list[tuple[str, ...]]) -> tuple[torch.Tensor, torch.Tensor]:
-        scores = self.network.score([t[0] for t in texts] + [t[1] for t in texts])
+    @staticmethod
+    def _pair_scores(network: CaptionScorer, texts: list[tuple[str, ...]]) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = network.score([t[0] for t in texts] + [t[1] for t in texts])
         return scores[: len(texts)], scores[len(texts) :]
 
     def loss(self, texts: list[tuple[str, ...]], targets: torch.Tensor) -> torch.Tensor:
-        return bradley_terry_loss(*self._pair_scores(texts), targets)
+        return bradley_terry_loss(*self._pair_scores(self.network, texts), targets)
 
-    def label_accuracy(self, texts: list[tuple[str, ...]], targets: np.ndarray) -> float | None:
+    def label_accuracy(self, network: CaptionScorer, texts: list[tuple[str, ...]], targets: np.ndarray) -> float | None:
         """Share of non-tied pairs ordered as the labels order them."""
         decided = targets != 0.5
         if not decided.any():
             return None
-        first, second = self._pair_scores([t for t, d in zip(texts, decided) if d])
+        first, second = self._pair_scores(network, [t for t, d in zip(texts, decided) if d])
         return float(np.mean((first > second).numpy() == (targets[decided] > 0.5)))
 
     def to_reward(self, values: np.ndarray) -> np.ndarray:
