@@ -47,7 +47,9 @@ log = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.yaml"
 _RECENT_EPISODES = 100
-_GIL_SWITCH_INTERVAL_S = 0.0005
+#: Seconds between forced GIL hand-offs during a run (Python's default is 0.005), so threads that
+#: mostly wait or call torch (collector, reward-model trainer) get the GIL back soon.
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 @dataclasses.dataclass
@@ -258,7 +260,7 @@ class Trainer:
         # The collector thread mostly waits on env-worker pipes; with the default 5 ms GIL switch
         # interval it waits that long again for the learner thread after every env step.
         switch_interval = sys.getswitchinterval()
-        sys.setswitchinterval(_GIL_SWITCH_INTERVAL_S)
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         if self.reward is not None:
             self.reward.start()
         self._collector_thread.start()
