@@ -25,8 +25,17 @@ class ClassifierConfig(LearnedConfig):
     in ``bench/reward_generalisation.py``), ``"sample"`` (batches half positive) or ``"none"``.
     ``output``: reward ``"probability"`` (P(helpful)) or ``"binary"`` (1.0 when P >=
     ``threshold``, else 0.0).
+
+    The network is wider than :class:`LearnedConfig`'s (96 channels, a 128-unit MLP) and scoring
+    uses the moving average of its weights (``average=0.995``): on captions never trained on, that
+    cross-validates 0.65 points above 64 channels with the latest weights (90.35% against 89.70%),
+    at about two thirds of the speed on captions not yet cached (``bench/reward_generalisation.py``,
+    docs/rewards.md).
     """
 
+    channels: int = 96
+    hidden: int = 128
+    average: float = 0.995
     balance: Literal["sample", "weight", "none"] = "weight"
     output: Literal["probability", "binary"] = "probability"
     threshold: float = 0.5

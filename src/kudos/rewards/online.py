@@ -77,9 +77,9 @@ class RewardConfig:
     the reward-free setting. ``goal``: the LLM prompt's goal preset (None: the task's).
     ``members``/``ensemble_k``: for ``type="ensemble"``. ``motif_steps``: gradient steps of the
     offline Motif fit. ``classifier``/``ranker``: network and optimisation settings of the learned
-    models (e.g. ``reward.classifier.channels=128 reward.classifier.hidden=128``: a wider
-    classifier, ~0.3 points more accurate on unseen captions and ~2x slower on captions it has
-    not cached; see docs/rewards.md).
+    models (e.g. ``reward.classifier.channels=64 reward.classifier.average=0``: a narrower
+    classifier scored with its latest weights, faster on captions not yet cached and a little
+    less accurate on unseen ones; see docs/rewards.md).
     """
 
     type: str = "classification"
