@@ -155,6 +155,11 @@ def test_published_weights_are_the_moving_average_of_the_training_weights():
     assert plain.published_weights is plain.network
     for published, trained in zip(plain._snapshot.network.parameters(), plain.network.parameters()):
         assert torch.equal(published, trained)
+    # A checkpoint written without averaging starts the average at its training weights.
+    resumed = ClassifierReward(ClassifierConfig(seed=3, average=0.9))
+    resumed.load_state_dict(_round_trip(plain.state_dict()))
+    for average, trained in zip(resumed.published_weights.parameters(), plain.network.parameters()):
+        assert torch.equal(average, trained)
     with pytest.raises(KudosError, match=r"average must be in \[0, 1\)"):
         ClassifierConfig(average=1.0)
 
