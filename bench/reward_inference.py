@@ -135,12 +135,13 @@ def main() -> None:
     print(f"online trainer overhead ({args.windows} alternating windows of {args.window_s} s each, "
           f"GIL switch interval {1000 * args.switch_interval:g} ms):")
     rollouts = batches[:n]
-    for name, pace, config in (
-        ("default warm-up pace", 5.0, TrainerConfig(warmup_labels=len(labels) + 1)),
-        ("default steady pace", 2.0, TrainerConfig(warmup_labels=0)),
-        ("fast pace", 20.0, TrainerConfig(warmup_labels=0, steady_steps_per_s=20.0)),
+    for name, config in (
+        ("default warm-up pace", TrainerConfig(warmup_labels=len(labels) + 1)),
+        ("default steady pace", TrainerConfig(warmup_labels=0)),
+        ("fast pace", TrainerConfig(warmup_labels=0, steady_steps_per_s=20.0)),
     ):
-        assert pace == (config.warmup_steps_per_s if config.warmup_labels else config.steady_steps_per_s)
+        # warmup_labels above the label count keeps the trainer at its warm-up pace throughout.
+        pace = config.warmup_steps_per_s if config.warmup_labels else config.steady_steps_per_s
         trainer = OnlineRewardTrainer(classifier, LabelQueue(labels), config)
         without, with_trainer = [], []
         steps, version = classifier.steps, classifier.version
