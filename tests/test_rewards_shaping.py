@@ -76,6 +76,28 @@ def test_extrinsic_reward_is_scaled_then_clipped():
     np.testing.assert_allclose(out, [1.0, 2.0, -2.0])
 
 
+def test_library_wrapper_and_train_shaping_defaults_are_onis():
+    """ONI (scripts/main.py, README runs): reward_scale 1, reward_clip 10, c_llm 0.4, beta 3. The
+    library, the Gymnasium wrapper and `kudos train` must agree, so a +50 goal counts 10 before
+    c_ext in all three."""
+    from kudos.envs import get_task
+    from kudos.rewards.online import RewardConfig
+    from kudos.rewards.wrapper import IntrinsicRewardWrapper
+
+    import gymnasium as gym
+
+    from kudos.rewards import RetrievalReward
+
+    library = ShapingConfig()
+    wrapper = IntrinsicRewardWrapper(gym.make("CartPole-v1"), RetrievalReward(), caption_fn=lambda o, i: "").shaper.config
+    train = RewardConfig().shaping(get_task("StaircaseLvl3").extrinsic_coef)
+    for config in (library, wrapper, train):
+        assert (config.ext_scale, config.ext_clip, config.c_int, config.beta) == (1.0, 10.0, 0.4, 3.0)
+    assert train.c_ext == 10.0
+    goal = RewardShaper(train, num_envs=1)(np.array([50.0]), np.zeros(1), np.ones(1, dtype=int), np.zeros(1, dtype=bool))
+    np.testing.assert_allclose(goal, [100.0])  # clip(50, 10) * 10, as in ONI (kudos once paid 500)
+
+
 def test_episode_cap_limits_intrinsic_return_and_resets_at_episode_end():
     shaper = RewardShaper(ShapingConfig(c_ext=0.0, c_int=1.0, beta=0.0, episode_cap=2.5), num_envs=2)
     ones = np.ones((6, 2), dtype=np.float32)

@@ -160,14 +160,18 @@ class Normalizer:
 class ShapingConfig:
     """Coefficients of ``r = c_ext * clip(ext_scale * r_env) + c_int * shape(r_int) / N ** beta``.
 
-    ``episode_cap``: the most intrinsic reward (after coefficients) one episode may collect;
-    None for no cap. ``intrinsic``: the ``shape`` applied to model outputs.
+    The defaults are ONI's (``scripts/main.py`` and its README's runs): the extrinsic reward is
+    scaled by 1 and clipped at +-10 before ``c_ext`` (so a +50 goal counts 10), ``c_int`` = 0.4,
+    ``beta`` = 3; ``c_ext`` = 1 is ONI's argparse default (its runs use 0.1 on Score, 10 on the
+    goal tasks: ``kudos.envs.TaskSpec.extrinsic_coef``). ``episode_cap``: the most intrinsic
+    reward (after coefficients) one episode may collect; None for no cap. ``intrinsic``: the
+    ``shape`` applied to model outputs.
     """
 
     c_ext: float = 1.0
-    ext_scale: float = 0.1
+    ext_scale: float = 1.0
     ext_clip: float = 10.0
-    c_int: float = 0.1
+    c_int: float = 0.4
     beta: float = 3.0
     episode_cap: float | None = None
     intrinsic: NormalizerConfig = field(default_factory=NormalizerConfig)
