@@ -265,8 +265,14 @@ def test_ranker_intended_normalisation_is_applied_and_published_is_raw():
     stats = intended.normalizer.stats
     z = (raw.astype(np.float64) - stats.mean) / stats.std
     np.testing.assert_allclose(stats.mean, raw.astype(np.float64).mean(), rtol=1e-3)
-    np.testing.assert_allclose(rewards, np.where(z >= 0.0, z, 0.0), rtol=1e-5, atol=1e-6)
+    # ONI's intended cut (learner.py: r̂ * (r̂ > eps_threshold_quantile), default -0.5).
+    assert intended.config.normalizer.threshold_value == -0.5 and not intended.config.normalizer.keep_equal
+    np.testing.assert_allclose(rewards, np.where(z > -0.5, z, 0.0), rtol=1e-5, atol=1e-6)
     assert (rewards == 0).sum() > 0 and (rewards > 0).sum() > 0
+    # Between -0.5 and 0 (not reached by these two well-separated classes): kept, negative.
+    fixed = RankerReward()
+    fixed.normalizer.stats.mean, fixed.normalizer.stats.var, fixed.normalizer.updating = 0.0, 1.0, False
+    np.testing.assert_allclose(fixed.to_reward(np.array([-0.6, -0.4, 0.0, 0.3])), [0.0, -0.4, 0.0, 0.3], atol=1e-6)
     # Published mode still keeps the statistics (the values it computes and drops).
     assert published.normalizer.stats.count > 1
 

@@ -50,6 +50,18 @@ def test_quantile_threshold_uses_the_recent_window_only():
     np.testing.assert_array_equal(out, [0.0, 0.0, 3.0, 4.0])  # median of [1, 2, 3, 4] is 2.5
 
 
+def test_thresholds_are_strict_unless_keep_equal():
+    # ONI and Motif keep r̂ > threshold; keep_equal (kudos's earlier ">=") also keeps r̂ == threshold.
+    # Raw values (normalize=False), so a value kept at the threshold shows; z = -1, 0, 1.
+    x = np.array([2.0, 3.0, 4.0], dtype=np.float32)
+    for keep_equal, expected in ((False, [0.0, 0.0, 4.0]), (True, [0.0, 3.0, 4.0])):
+        normalizer = Normalizer(NormalizerConfig(threshold="zscore", keep_equal=keep_equal))
+        normalizer.stats.mean, normalizer.stats.var, normalizer.updating = 3.0, 1.0, False
+        np.testing.assert_array_equal(normalizer(x), expected)
+        median = Normalizer(NormalizerConfig(threshold="quantile", threshold_value=0.5, window=3, keep_equal=keep_equal))
+        np.testing.assert_array_equal(median(x), expected)  # the median is 3
+
+
 def test_recent_window_wraps_around():
     window = RecentWindow(5)
     window.update(np.arange(3, dtype=np.float32))

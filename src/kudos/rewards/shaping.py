@@ -103,15 +103,18 @@ class NormalizerConfig:
     """Running normalisation and threshold of a reward stream.
 
     ``normalize``: output ``(x - mean) / std`` over all values seen so far instead of ``x``.
-    ``threshold``: ``"zscore"`` zeroes values whose z-score is below ``threshold_value``;
-    ``"quantile"`` zeroes values below the ``threshold_value`` quantile (in [0, 1]) of the last
-    ``window`` values; ``"none"`` keeps every value.
+    ``threshold``: ``"zscore"`` keeps values whose z-score is above ``threshold_value``;
+    ``"quantile"`` keeps values above the ``threshold_value`` quantile (in [0, 1]) of the last
+    ``window`` values; ``"none"`` keeps every value. The rest become 0. "Above" is strict, as in
+    ONI (``r̂ > eps_threshold_quantile``) and Motif (``r̂ > q``); ``keep_equal`` also keeps values
+    exactly at the threshold (``>=``, kudos's earlier rule).
     """
 
     normalize: bool = False
     threshold: ThresholdKind = "none"
     threshold_value: float = 0.0
     window: int = 10_000
+    keep_equal: bool = False
 
     def __post_init__(self) -> None:
         if self.threshold not in ("none", "zscore", "quantile"):
@@ -141,10 +144,11 @@ class Normalizer:
                 self.recent.update(x)
         z = (x - self.stats.mean) / self.stats.std
         out = z if cfg.normalize else x
+        above = np.greater_equal if cfg.keep_equal else np.greater
         if cfg.threshold == "zscore":
-            out = np.where(z >= cfg.threshold_value, out, 0.0)
+            out = np.where(above(z, cfg.threshold_value), out, 0.0)
         elif cfg.threshold == "quantile":
-            out = np.where(x >= self.recent.quantile(cfg.threshold_value), out, 0.0)
+            out = np.where(above(x, self.recent.quantile(cfg.threshold_value)), out, 0.0)
         return out.astype(np.float32, copy=False)
 
     def state_dict(self) -> dict[str, Any]:
