@@ -121,3 +121,21 @@ def test_every_component_state_survives_weights_only_loading(tmp_path):
     assert loaded["reward"]["annotator"] == annotator_backlog
     OnlineRewardTrainer(ClassifierReward(), LabelQueue()).load_state_dict(loaded["reward"]["trainer"])
     set_rng_state(loaded["rng"])
+
+
+def test_a_train_run_resumes_from_its_checkpoint(tmp_path):
+    """The runner's own state (counters, learner, shaper, RNG states) goes through weights_only
+    loading, and the resumed run carries on from the checkpointed counters."""
+    from kudos.config import load_config
+    from kudos.rl.runner import Trainer
+
+    overrides = ["reward.type=none", "env.num_envs=4", "env.num_workers=1", "appo.rollout=16", "run.log_every_s=60",
+                 f"run.output_dir={tmp_path / 'run'}"]
+    first = Trainer(load_config(overrides=[*overrides, "run.steps=128"]))
+    first.train()
+    saved = load_checkpoint(tmp_path / "run")
+    resumed = Trainer(load_config(overrides=[*overrides, "run.steps=256"]), resume=True)
+    assert resumed.progress.updates == saved["progress"]["updates"] == 2
+    for name, weights in resumed.learner.policy.state_dict().items():
+        assert torch.equal(weights, saved["learner"]["policy"][name]), name
+    assert resumed.train().env_steps == 256
