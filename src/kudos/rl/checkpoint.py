@@ -66,8 +66,9 @@ def load_checkpoint(directory: str | os.PathLike[str]) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "Unsupported global" in str(exc):  # torch's weights-only unpickler met a class or function
-            raise CheckpointError(f"checkpoint {path} holds pickled Python objects, which kudos does not load "
-                                  "(they could run code); resume only checkpoints kudos wrote, or start a new run") from None
+            raise CheckpointError(f"checkpoint {path} holds pickled Python objects, which kudos does not load (they "
+                                  "could run code): it was written by another program or by kudos before checkpoint "
+                                  f"format {FORMAT_VERSION}; start a new run") from None
         raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}); "
                               "restore it from a backup or start a new run") from None
     except (EOFError, RuntimeError, zipfile.BadZipFile, OSError, ValueError) as exc:
