@@ -20,8 +20,9 @@ the LLM twice for the same caption).
 Differences from kudos's own trainer, on purpose: RLlib resets an env on the step *after* it
 ends, so the policy sees each terminal observation (kudos's vector resets within the step); the
 GRU state is reset by RLlib at episode starts (sequences never cross episodes), and
-backpropagates through ``max_seq_len = appo.recurrence`` steps. ``reward.episode_cap`` is not
-supported here (RLlib hands the learner episode fragments in any order).
+backpropagates through ``max_seq_len = appo.recurrence`` steps. Not supported here:
+``reward.episode_cap`` (RLlib hands the learner episode fragments in any order) and the ``cosine``
+reward (its sentence encoder does not travel as a snapshot).
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ def scoring_snapshot(model: RewardModel) -> RewardModel:
         return scorer
     if isinstance(model, EnsembleReward):
         return EnsembleReward([scoring_snapshot(m) for m in model.members], k=model.k)
-    # Retrieval and the embedding baseline: their state is what they score with.
+    # Retrieval: its state is what it scores with.
     return copy.deepcopy(model)
 
 
@@ -206,17 +207,20 @@ class RewardService:
 
     Args:
         reward, llm, goal, trainer: as for :class:`IntrinsicReward`.
-        state: an :meth:`state_dict` to resume from (None: a fresh service).
+        state: ``[ref]``, an object-store reference to a :meth:`state_dict` to resume from (None:
+            a fresh service). A reference, not the dict: Ray re-runs ``__init__`` with the same
+            arguments when it restarts the actor, and inlined large arguments may be gone by then
+            (ray-project/ray#53727); the caller keeps the reference alive.
 
     Snapshots are numbered from 1 within one incarnation of the actor, and each incarnation has
     its own ``epoch`` id, so a connector notices a restarted service and takes its snapshot.
     """
 
     def __init__(self, reward: RewardConfig, llm: LLMConfig, goal: str, trainer: TrainerConfig | None = None,
-                 state: dict[str, Any] | None = None) -> None:
+                 state: list[Any] | None = None) -> None:
         self.reward = IntrinsicReward(reward, llm, goal, trainer)
-        if state is not None:
-            self.reward.load_state_dict(state)
+        if state:
+            self.reward.load_state_dict(ray.get(state[0]))
         self.reward.start()
         self.epoch = uuid.uuid4().hex
         self.version = 0
@@ -224,7 +228,7 @@ class RewardService:
         self._snapshot: SnapshotScorer | None = None
 
     @classmethod
-    def start(cls, settings: dict[str, Any], state: dict[str, Any] | None = None) -> Any:
+    def start(cls, settings: dict[str, Any], state: list[Any] | None = None) -> Any:
         """The service as a Ray actor, restarted by Ray whenever it dies (the labels are in the
         store; the reward model relearns them), for a run's :func:`appo_config` settings."""
         actor = ray.remote(cls).options(max_restarts=-1, max_task_retries=-1, max_concurrency=4, num_cpus=0)
@@ -393,7 +397,9 @@ class KudosAPPO(APPO):
             return
         if self.reward_service is not None:
             ray.kill(self.reward_service, no_restart=True)
-        self.reward_service = RewardService.start(self.kudos_settings, state)
+        # Held here for as long as the service may restart from it.
+        self._service_state = None if state is None else [ray.put(state)]
+        self.reward_service = RewardService.start(self.kudos_settings, self._service_state)
         snapshot = ray.get(self.reward_service.snapshot_since.remote(None, 0))
         service = self.reward_service
 
@@ -466,6 +472,10 @@ def appo_config(config: KudosConfig, num_env_runners: int = 2, envs_per_runner: 
     shaping = config.reward.shaping(task.extrinsic_coef)
     if shaping.episode_cap is not None:
         raise ConfigError("reward.episode_cap is not supported by the rllib engine; leave it unset")
+    types = config.reward.member_types if config.reward.type == "ensemble" else [config.reward.type]
+    if "cosine" in types:
+        # Its sentence encoder holds a lock and the MiniLM model: it cannot be shipped as a snapshot.
+        raise ConfigError("the cosine reward (alone or in an ensemble) is not supported by the rllib engine yet")
     per_runner = envs_per_runner or max(1, config.env.num_envs // max(1, num_env_runners))
     appo = config.appo
     settings = {"reward": config.reward, "llm": config.llm, "goal": task.goal, "trainer": trainer}
@@ -492,3 +502,60 @@ def appo_config(config: KudosConfig, num_env_runners: int = 2, envs_per_runner: 
         .debugging(seed=config.env.seed)
     )
     return rllib
+
+
+# --- a run ----------------------------------------------------------------------------------------
+
+#: Folder of the RLlib checkpoint inside a run's output directory (beside config.yaml).
+CHECKPOINT_DIR = "rllib_checkpoint"
+
+
+def env_steps_trained(result: dict[str, Any]) -> int:
+    """Env steps the learner has trained on so far, from one ``algo.train()`` result."""
+    learners = result.get("learners", {}).get("__all_modules__", {})
+    return int(learners.get("num_env_steps_trained_lifetime", 0))
+
+
+def train(config: KudosConfig, resume: bool = False, address: str | None = None, num_env_runners: int = 2,
+          on_progress: Any = None) -> int:
+    """Train ``config`` on RLlib to ``run.steps`` env steps; returns the env steps trained on.
+
+    ``address``: an existing Ray cluster (``ray start --head`` / ``ray start --address``); None
+    starts a local one. The output directory holds ``config.yaml`` (as kudos's trainer writes it)
+    and the RLlib checkpoint in :data:`CHECKPOINT_DIR`, written every ``run.checkpoint_every_s``
+    and at the end; ``resume`` continues from it. ``on_progress(env_steps, result)`` is called
+    after every training iteration.
+    """
+    import time
+    from pathlib import Path
+
+    from kudos.rl.checkpoint import CheckpointError
+    from kudos.rl.runner import save_config
+
+    output = Path(config.run.output_dir).resolve()
+    checkpoint = output / CHECKPOINT_DIR
+    if resume and not checkpoint.is_dir():
+        raise CheckpointError(f"no RLlib checkpoint at {checkpoint}: is this the output of `kudos train --engine rllib`?")
+    save_config(config, output)
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    algo = appo_config(config, num_env_runners=num_env_runners).build_algo()
+    try:
+        if resume:
+            algo.restore_from_path(str(checkpoint))
+        steps, last_save = 0, time.monotonic()
+        while steps < config.run.steps:
+            result = algo.train()
+            steps = env_steps_trained(result)
+            if on_progress is not None:
+                on_progress(steps, result)
+            if time.monotonic() - last_save >= config.run.checkpoint_every_s:
+                algo.save_to_path(str(checkpoint))
+                last_save = time.monotonic()
+        algo.save_to_path(str(checkpoint))
+        return steps
+    finally:
+        algo.stop()
+        if started_here:
+            ray.shutdown()
