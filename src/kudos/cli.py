@@ -22,7 +22,7 @@ from kudos import __version__
 from kudos.errors import KudosError
 
 #: Modules that add subcommands (each has ``register(subparsers)``).
-COMMAND_MODULES: tuple[str, ...] = ("kudos.feedback.commands", "kudos.feedback.llm_commands", "kudos.rl.commands")
+COMMAND_MODULES: tuple[str, ...] = ("kudos.feedback.commands", "kudos.feedback.llm_commands", "kudos.rl.commands", "kudos.eval.compare_command")
 
 console = Console()
 err_console = Console(stderr=True)
