@@ -92,7 +92,7 @@ def test_bootstrap_of_identical_seeds_is_a_point():
 def test_cli_prints_the_table_and_writes_one_png_per_task(runs, tmp_path, capsys):
     assert main(["compare", str(runs), "--plots", str(tmp_path / "plots"), "--resamples", "500"]) == 0
     out = capsys.readouterr().out
-    assert "| task | runs | seeds |" in out and "reward.type=none" in out
+    assert "| task | group | seeds |" in out and "reward.type=none" in out
     png = tmp_path / "plots" / "MiniHack-River.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -160,7 +160,7 @@ class Comparison:
 
     def table(self) -> str:
         """Markdown table of final figures: mean [95% interval] over seeds, per task and group."""
-        header = "| task | runs | seeds | " + " | ".join(METRICS.values()) + " |"
+        header = "| task | group | seeds | " + " | ".join(METRICS.values()) + " |"
         lines = [header, "|" + "---|" * (3 + len(METRICS))]
         for group in self.groups:
             cells = []

@@ -13,7 +13,7 @@ from kudos.envs import EndStatus, make_env
 
 
 class Policy(Protocol):
-    """Maps one observation to an action index in the extended action set."""
+    """Maps one observation to an action index in the task's action set."""
 
     def __call__(self, obs: dict[str, np.ndarray]) -> int: ...
 
