@@ -13,6 +13,7 @@ STEPS = np.arange(0, 1001, 100)
 
 
 def _run(root: Path, name: str, *, reward: str, seed: int, success, c_ext=None, last_step: int = 1000) -> Path:
+    """A run dir whose scalars are logged every 100 steps, 2 s of wall time apart."""
     from torch.utils.tensorboard import SummaryWriter
 
     path = root / name
@@ -26,8 +27,12 @@ def _run(root: Path, name: str, *, reward: str, seed: int, success, c_ext=None, 
     (path / "config.yaml").write_text(yaml.safe_dump(config))
     writer = SummaryWriter(str(path / "tensorboard"))
     for step in STEPS[STEPS <= last_step]:
-        writer.add_scalar("episode/success_rate", success(step), int(step))
-        writer.add_scalar("episode/return", 10 * success(step), int(step))
+        wall = 1e9 + step / 50 + (1000 if step > 500 else 0)  # 2 s per log; a 1,000 s interruption
+        writer.add_scalar("episode/success_rate", success(step), int(step), walltime=wall)
+        writer.add_scalar("episode/return", 10 * success(step), int(step), walltime=wall)
+        if reward != "none":  # the annotator's counters grow; 30 captions still queued at the end
+            writer.add_scalar("llm/classify/labels", step / 10, int(step), walltime=wall)
+            writer.add_scalar("llm/classify/queue_depth", 30, int(step), walltime=wall)
     writer.close()
     return path
 
@@ -74,6 +79,15 @@ def test_known_curves_give_known_finals_and_intervals(runs):
     assert (line.low <= line.y + 1e-12).all() and (line.y <= line.high + 1e-12).all()
     again = compare([load_run(p) for p in find_runs([runs])], resamples=10_000, seed=0)
     assert again.table() == table
+
+
+def test_labels_table_reports_each_llm_run(runs):
+    table = compare([load_run(p) for p in find_runs([runs])], resamples=100).labels_table()
+    lines = table.splitlines()
+    assert len(lines) == 2 + 4  # header, rule, 4 LLM runs; the `none` runs have no labels
+    # 100 labels in 18 s of logged time (the interruption is not run time), 30 queued:
+    # 100 / 130 of the distinct captions submitted were labelled.
+    assert "| MiniHack-River | reward.c_ext=0.0, reward.type=classification | 0 | 100 | 5.56 | 30 | 0 | 76.9% |" in lines
 
 
 def test_runs_are_aligned_on_their_common_steps(tmp_path):

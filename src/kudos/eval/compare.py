@@ -37,6 +37,10 @@ METRICS: dict[str, str] = {
 }
 #: Config keys that differ between runs by construction, not by method.
 IGNORED: frozenset[str] = frozenset({"env.seed", "run.output_dir", "llm.store", "run.commit", "run.dirty"})
+#: Annotator counters (``llm/<kind>/<name>``) whose last value goes into the labels table.
+LABEL_COUNTERS = ("labels", "queue_depth", "dropped")
+#: Gaps between two logs longer than this are interruptions (a killed run resumed later), not run time.
+_MAX_LOG_GAP_S = 60.0
 FINAL_FRACTION = 0.1  # the final figure is the mean over this last fraction of the step grid
 CONFIDENCE = 0.95
 
@@ -48,6 +52,9 @@ class Run:
     path: Path
     config: dict[str, Any]
     curves: dict[str, tuple[np.ndarray, np.ndarray]]  # tag -> (steps, values)
+    # Last value of each annotator counter, summed over annotators (classify, rank): labels,
+    # queue_depth, dropped; and labels_per_s, labels over the run's logged time. Empty without an LLM.
+    annotator: dict[str, float] = field(default_factory=dict)
 
     @property
     def task(self) -> str:
@@ -107,9 +114,19 @@ def load_run(path: str | Path) -> Run:
         config = yaml.safe_load((path / CONFIG_NAME).read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise KudosError(f"cannot read {path / CONFIG_NAME}: {exc}") from None
-    scalars = read_scalars(path, list(METRICS))
-    curves = {tag: (s.steps.astype(np.float64), s.values) for tag, s in scalars.items() if len(s)}
-    return Run(path, _flatten(config), curves)
+    scalars = read_scalars(path)
+    curves = {tag: (s.steps.astype(np.float64), s.values) for tag, s in scalars.items() if tag in METRICS and len(s)}
+    annotator: dict[str, float] = {}
+    for tag, series in scalars.items():
+        parts = tag.split("/")
+        if len(parts) == 3 and parts[0] == "llm" and parts[2] in LABEL_COUNTERS and len(series):
+            annotator[parts[2]] = annotator.get(parts[2], 0.0) + float(series.values[-1])
+            if parts[2] == "labels":
+                gaps = np.diff(series.wall)
+                seconds = float(gaps[gaps < _MAX_LOG_GAP_S].sum())
+                rate = float(series.values[-1]) / seconds if seconds > 0 else 0.0
+                annotator["labels_per_s"] = annotator.get("labels_per_s", 0.0) + rate
+    return Run(path, _flatten(config), curves, annotator)
 
 
 def group_runs(runs: list[Run]) -> list[Group]:
@@ -174,6 +191,29 @@ class Comparison:
                 cells.append(f"{estimate.mean:.3g} [{estimate.low:.3g}, {estimate.high:.3g}]")
             lines.append(f"| {group.task} | {group.label} | {seeds} | " + " | ".join(cells) + " |")
         return "\n".join(lines)
+
+    def labels_table(self) -> str:
+        """Markdown table of each LLM run's labelling at its end: labels the LLM produced, labels/s
+        over the run's logged time, captions still queued and dropped (backlog full; a dropped
+        caption is submitted again when seen again), and the share of distinct captions submitted
+        that were labelled, labels / (labels + queued) (an upper bound where captions were
+        dropped and never seen again). Empty if no run used the LLM."""
+        rows = []
+        for group in self.groups:
+            for run in sorted(group.runs, key=lambda r: str(r.seed)):
+                a = run.annotator
+                if not a:
+                    continue
+                seen = a.get("labels", 0) + a.get("queue_depth", 0)
+                share = f"{a.get('labels', 0) / seen:.1%}" if seen else "-"
+                rows.append(
+                    f"| {group.task} | {group.label} | {run.seed} | {a.get('labels', 0):,.0f} | "
+                    f"{a.get('labels_per_s', 0):.2f} | {a.get('queue_depth', 0):,.0f} | {a.get('dropped', 0):,.0f} | {share} |"
+                )
+        if not rows:
+            return ""
+        header = "| task | group | seed | labels | labels/s | queued at end | dropped | share of distinct captions labelled |"
+        return "\n".join([header, "|" + "---|" * 8, *rows])
 
     def plot(self, out_dir: str | Path) -> list[Path]:
         """One PNG per task (``<out_dir>/<task>.png``): a panel per metric, a line and band per group."""

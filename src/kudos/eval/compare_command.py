@@ -20,7 +20,8 @@ def register(subparsers: Any) -> None:
         "output directory, label store, recorded commit), align their curves on a common env-step grid, "
         "plot mean and 95%% percentile-bootstrap band over seeds of return, success rate, in-game score "
         "and depth (one PNG per task), and print a markdown table of final figures (mean over the last "
-        "10%% of the steps) with intervals and the number of seeds.",
+        "10%% of the steps) with intervals and the number of seeds, then each LLM run's labels, labels/s and "
+        "share of distinct captions labelled.",
     )
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="`kudos train` output directories, or folders of them")
     parser.add_argument("--plots", metavar="DIR", help="write <DIR>/<task>.png (default: no plots)")
@@ -38,6 +39,8 @@ def run_compare(args: argparse.Namespace) -> int:
     runs = [load_run(path) for path in find_runs(args.runs)]
     result = compare(runs, points=args.points, resamples=args.resamples, seed=args.seed)
     console.print(result.table(), markup=False, highlight=False, soft_wrap=True)
+    if labels := result.labels_table():
+        console.print("\n" + labels, markup=False, highlight=False, soft_wrap=True)
     if args.plots:
         for path in result.plot(args.plots):
             console.print(f"wrote {path}", markup=False, highlight=False)
