@@ -12,7 +12,9 @@ from kudos.eval.compare import bootstrap, compare, find_runs, load_run
 STEPS = np.arange(0, 1001, 100)
 
 
-def _run(root: Path, name: str, *, reward: str, seed: int, success, c_ext=None, last_step: int = 1000) -> Path:
+def _run(
+    root: Path, name: str, *, reward: str, seed: int, success, c_ext=None, first_step: int = 0, last_step: int = 1000
+) -> Path:
     """A run dir whose scalars are logged every 100 steps, 2 s of wall time apart."""
     from torch.utils.tensorboard import SummaryWriter
 
@@ -26,7 +28,7 @@ def _run(root: Path, name: str, *, reward: str, seed: int, success, c_ext=None, 
     path.mkdir(parents=True)
     (path / "config.yaml").write_text(yaml.safe_dump(config))
     writer = SummaryWriter(str(path / "tensorboard"))
-    for step in STEPS[STEPS <= last_step]:
+    for step in STEPS[(STEPS >= first_step) & (STEPS <= last_step)]:
         wall = 1e9 + step / 50 + (1000 if step > 500 else 0)  # 2 s per log; a 1,000 s interruption
         writer.add_scalar("episode/success_rate", success(step), int(step), walltime=wall)
         writer.add_scalar("episode/return", 10 * success(step), int(step), walltime=wall)
@@ -96,6 +98,13 @@ def test_runs_are_aligned_on_their_common_steps(tmp_path):
     result = compare([load_run(a), load_run(b)], points=11, resamples=100)
     line = next(iter(result.curves.values()))
     assert line.x[0] == 0 and line.x[-1] == 500
+
+
+def test_curves_without_common_steps_are_left_out_with_a_warning(tmp_path, caplog):
+    a = _run(tmp_path, "a", reward="none", seed=0, success=lambda s: 0.1, last_step=300)
+    b = _run(tmp_path, "b", reward="none", seed=1, success=lambda s: 0.1, first_step=500)
+    result = compare([load_run(a), load_run(b)], resamples=100)
+    assert not result.finals and "share no env steps" in caplog.text
 
 
 def test_bootstrap_of_identical_seeds_is_a_point():

@@ -247,8 +247,11 @@ def compare(
     for task in result.tasks():
         task_groups = [g for g in groups if g.task == task]
         for tag in METRICS:
-            grid = step_grid([r for g in task_groups for r in g.runs], tag, points)
+            task_runs = [r for g in task_groups for r in g.runs]
+            grid = step_grid(task_runs, tag, points)
             if grid is None:
+                if any(tag in r.curves for r in task_runs):
+                    log.warning("%s: the runs' %s curves share no env steps; left out", task, tag)
                 continue
             last = grid >= grid[0] + (1 - FINAL_FRACTION) * (grid[-1] - grid[0])
             for group in task_groups:

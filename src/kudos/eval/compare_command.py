@@ -43,5 +43,5 @@ def run_compare(args: argparse.Namespace) -> int:
         console.print("\n" + labels, markup=False, highlight=False, soft_wrap=True)
     if args.plots:
         for path in result.plot(args.plots):
-            console.print(f"wrote {path}", markup=False, highlight=False)
+            console.print(f"wrote {path}", markup=False, highlight=False, soft_wrap=True)
     return 0
