@@ -94,3 +94,13 @@ def test_minihack_task_runs_in_the_env_workers():
         vec.reset()
         step = vec.step(np.array([0, 7]))
     assert step.obs["glyphs"].shape == (2, 21, 79) and len(step.captions) == 2
+
+
+def test_gymnasium_make_builds_the_minihack_env():
+    import gymnasium
+
+    env = gymnasium.make("kudos/MiniHack-KeyRoom-S5-v0")
+    try:
+        assert isinstance(env.unwrapped, MiniHackTaskEnv) and env.action_space.n == 10
+    finally:
+        env.close()
