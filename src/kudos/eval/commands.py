@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,9 @@ console = Console()
 _COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("ret", "return", "{:.2f}"),
     ("score", "score", "{:.0f}"),
-    ("max_depth", "max depth", "{:.0f}"),
+    ("max_depth", "depth", "{:.0f}"),
     ("gold", "gold", "{:.0f}"),
-    ("level", "exp. level", "{:.0f}"),
+    ("level", "level", "{:.0f}"),
     ("turns", "turns", "{:.0f}"),
     ("length", "steps", "{:.0f}"),
 )
@@ -88,25 +89,25 @@ def run_eval(args: argparse.Namespace) -> int:
         )
         title = f"{task}: {args.policy} policy"
     table = Table(title=title, title_justify="left")
-    table.add_column("episode", justify="right")
+    table.add_column("ep", justify="right")
     for _, name, _ in _COLUMNS:
         table.add_column(name, justify="right", no_wrap=True)
-    table.add_column("end", max_width=36, overflow="ellipsis", no_wrap=True)
-    table.add_column("distinct captions", justify="right")
+    table.add_column("end", overflow="ellipsis", no_wrap=True)
     for i, report in enumerate(reports):
-        values = [fmt.format(getattr(report, key)) for key, _, fmt in _COLUMNS]
-        distinct = len([c for c in report.captions if c])
-        table.add_row(str(i), *values, escape(report.death), str(distinct))
+        table.add_row(str(i), *(fmt.format(getattr(report, key)) for key, _, fmt in _COLUMNS), escape(report.death))
+    console.print(table)
     if len(reports) > 1:
         import numpy as np
 
-        spread = []
-        for key, _, fmt in _COLUMNS:
-            column = np.array([getattr(r, key) for r in reports], dtype=np.float64)
-            spread.append(f"{fmt.format(column.mean())} ± {fmt.format(column.std())}")
-        table.add_section()
-        table.add_row("mean ± sd", *spread, "", "")
-    console.print(table)
+        summary = Table(title=f"over {len(reports)} episodes", title_justify="left")
+        for column in ("figure", "mean", "sd", "min", "max"):
+            summary.add_column(column, justify="left" if column == "figure" else "right")
+        for key, name, fmt in _COLUMNS:
+            values = np.array([getattr(r, key) for r in reports], dtype=np.float64)
+            summary.add_row(name, *(fmt.format(v) for v in (values.mean(), values.std(), values.min(), values.max())))
+        ends = Counter(r.death.split(":")[0] for r in reports)
+        summary.add_row("end", ", ".join(f"{n}x {escape(e)}" for e, n in ends.most_common()), "", "", "")
+        console.print(summary)
     if args.record:
         console.print(f"recorded {len(reports)} episode(s) in {args.record}")
     return 0

@@ -10,6 +10,14 @@ import numpy as np
 Line = tuple[np.ndarray, np.ndarray]  # (x (N,), y (N,))
 
 
+def _short_number(value: float, _position: object = None) -> str:
+    """Tick labels like 250k and 1.5M instead of a shared 1e6 offset."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:g}{suffix}"
+    return f"{value:g}"
+
+
 def line_chart(
     lines: Mapping[str, Line],
     *,
@@ -31,6 +39,7 @@ def line_chart(
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
 
     figure = Figure(figsize=size, dpi=dpi, layout="constrained")
     ax = figure.add_subplot()
@@ -44,6 +53,7 @@ def line_chart(
     if ylabel:
         ax.set_ylabel(ylabel, fontsize=8)
     ax.tick_params(labelsize=7)
+    ax.xaxis.set_major_formatter(FuncFormatter(_short_number))
     ax.grid(alpha=0.3)
     if any(lines):
         ax.legend(fontsize=7, frameon=False)

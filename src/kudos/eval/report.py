@@ -277,7 +277,8 @@ def _diagnostics_html(d: Any, config: Any) -> str:
     warnings = "".join(f'<p class="warning">⚠ {html.escape(w)}</p>' for w in d.warnings) or '<p class="ok">no diagnostic crossed its threshold</p>'
     farmed = ""
     if d.farmed:
-        farmed = ("<h3>Farmed captions</h3><table class=grid><tr><th>caption</th><th>seen per episode</th>"
+        shown = f" (the {TOP_CAPTIONS} most rewarding of {len(d.farmed)})" if len(d.farmed) > TOP_CAPTIONS else ""
+        farmed = (f"<h3>Farmed captions{shown}</h3><table class=grid><tr><th>caption</th><th>seen per episode</th>"
                   "<th>excess intrinsic reward per episode</th></tr>"
                   + "".join(f"<tr><td>{html.escape(c)}</td><td class=num>{n:.1f}</td><td class=num>{r:.2f}</td></tr>"
                             for c, n, r in d.farmed[:TOP_CAPTIONS]) + "</table>")

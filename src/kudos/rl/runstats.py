@@ -117,7 +117,7 @@ def warning_lines(figures: dict[str, float], config: DiagnosticsConfig) -> list[
     farmed = figures.get("diagnostics/farmed_captions", 0.0)
     if farmed > 0:
         lines.append(f"{farmed:.0f} caption(s) farmed: seen >= {config.farm_min_count:g} times per episode for "
-                     f">= {config.farm_min_reward:g} excess intrinsic reward per episode (see `kudos report`)")
+                     f">= {config.farm_min_reward:g} excess intrinsic reward per episode")
     rate = figures.get("diagnostics/disagreement")
     if rate is not None and rate > config.max_disagreement:
         lines.append(f"the reward model contradicts {rate:.0%} of the recent LLM labels (> {config.max_disagreement:.0%})")
