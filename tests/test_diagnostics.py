@@ -113,3 +113,18 @@ def test_diagnostics_thresholds_are_a_config_section():
     assert warning_lines({"diagnostics/top10_share": 0.6}, config.diagnostics) == [
         "the top 10 captions earn 60% of the intrinsic reward (> 50%)"
     ]
+
+
+def test_training_records_run_statistics_in_the_checkpoint(tmp_path):
+    from kudos.eval.scalars import read_scalars
+    from kudos.rl.checkpoint import load_checkpoint
+    from kudos.rl.runner import Trainer
+
+    config = load_config(None, ["reward.type=none", "env.num_envs=4", "env.num_workers=2", "appo.rollout=16",
+                                "run.steps=128", "env.max_episode_steps=20", f"run.output_dir={tmp_path}"])
+    Trainer(config).train()
+    stats = load_checkpoint(tmp_path)["run_stats"]
+    assert stats["captions"] and len(stats["seen"]) == len(stats["captions"])
+    assert 0 < stats["seen"].sum() <= 128 and np.all(stats["episodes"] <= stats["seen"])
+    assert len(stats["recent_episodes"]) >= 4  # 20-step episodes in 32 steps per env
+    assert "diagnostics/farmed_captions" in read_scalars(tmp_path)

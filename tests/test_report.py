@@ -43,6 +43,7 @@ def test_the_report_is_one_self_contained_file(run: Path, capsys) -> None:
     assert page.count('<img class="chart"') >= 5  # return, intrinsic, sparsity, steps/s, labels, ...
     for title in ("Extrinsic episode return", "Intrinsic reward sparsity", "LLM queue depth", "Reward-model validation accuracy"):
         assert title in page
+    assert 'alt="Top-10 caption share of intrinsic reward"' in page  # diagnostics logged while training
     assert "report:" in capsys.readouterr().out
 
 
