@@ -69,13 +69,14 @@ def build_run(directory: Path, n_captions: int, steps: int, seed: int = 0) -> No
         "seen": seen,
         "episodes": np.minimum(seen, rng.integers(1, 500, n_captions)),
         "earned": seen * rng.random(n_captions),
+        "last_reward": rng.random(n_captions),
         "episode_ext": np.zeros(config.env.num_envs),
         "episode_int": np.zeros(config.env.num_envs),
         "recent_episodes": [tuple(v) for v in rng.normal(size=(100, 2))],
         "recent_labels": [(texts[i], int(i % 2)) for i in range(500)],
     })
     stats.label_key = (PROMPT_HASH, MODEL_ID)
-    state = stats.state_dict(lambda c: rng.random(len(c)).astype(np.float32))
+    state = stats.state_dict()
     save_checkpoint(directory, {"progress": {"env_steps": steps, "updates": steps // 256, "episodes": 2000},
                                 "task": "Score", "reward_type": "classification", "run_stats": state})
 
@@ -88,7 +89,7 @@ def build_run(directory: Path, n_captions: int, steps: int, seed: int = 0) -> No
                         reply.format("shows" if i % 2 else "does not show", "Yes" if i % 2 else "No"), 0.1, time.time())
             for i, text in enumerate(texts)
         ])
-    record_episodes(directory / "episodes", dict(zip(texts, state["final_reward"].tolist())), seed)
+    record_episodes(directory / "episodes", dict(zip(texts, state["last_reward"].tolist())), seed)
 
 
 def record_episodes(directory: Path, intrinsic: dict[str, float], seed: int) -> None:

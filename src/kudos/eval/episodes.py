@@ -233,8 +233,8 @@ def evaluate_run(
     on_step: StepCallback | None = None,
 ) -> tuple[str, list[EpisodeReport]]:
     """Play ``episodes`` episodes with the policy of the checkpoint in ``run_dir``; returns the
-    task played (``task``, default the run's) and the reports. Recorded steps carry the reward the
-    run's latest reward model gave their caption (from the checkpoint's run statistics).
+    task played (``task``, default the run's) and the reports. Recorded steps carry the reward
+    their caption got when the run last saw it (from the checkpoint's run statistics).
 
     Raises:
         CheckpointError: no checkpoint, or a corrupt one, in ``run_dir``.
@@ -256,7 +256,7 @@ def evaluate_run(
         raise CheckpointError(f"the checkpoint in {run_dir} holds no policy weights") from None
     spec = get_task(task or config.env.task)
     stats = state.get("run_stats") or {}
-    intrinsic = dict(zip(stats.get("captions", []), np.asarray(stats.get("final_reward", [])).tolist()))
+    intrinsic = dict(zip(stats.get("captions", []), np.asarray(stats.get("last_reward", [])).tolist()))
     reports = run_episodes(
         spec.name,
         lambda env: CheckpointPolicy(policy_state, config.run.policy, greedy=greedy, seed=seed),

@@ -174,18 +174,18 @@ def build_report(
     stats = state.get("run_stats")
     if stats is None:
         notes.append("the checkpoint predates per-caption run statistics: the label browser is empty")
-        stats = {"captions": [], "seen": [], "episodes": [], "earned": [], "final_reward": [],
+        stats = {"captions": [], "seen": [], "episodes": [], "earned": [], "last_reward": [],
                  "recent_episodes": [], "recent_labels": [], "label_key": None}
     captions = list(stats["captions"])
     seen = np.asarray(stats["seen"], dtype=np.int64)
     episodes = np.asarray(stats["episodes"], dtype=np.int64)
     earned = np.asarray(stats["earned"], dtype=np.float64)
-    final = np.asarray(stats["final_reward"], dtype=np.float64)
+    last = np.asarray(stats["last_reward"], dtype=np.float64)
 
-    # Diagnostics, as in training, with the final reward model judging the recent labels.
+    # Diagnostics as in training; the recent labels are judged by each caption's last reward.
     index = {c: i for i, c in enumerate(captions)}
     judged = [(index[c], label) for c, label in stats["recent_labels"] if c in index]
-    rate = disagreement([label for _, label in judged], final[[i for i, _ in judged]]) if judged else math.nan
+    rate = disagreement([label for _, label in judged], last[[i for i, _ in judged]]) if judged else math.nan
     diagnostics = diagnose(captions, seen, episodes, earned, stats["recent_episodes"], rate, config.diagnostics)
 
     order = np.argsort(-seen, kind="stable")
@@ -213,7 +213,7 @@ def build_report(
         "seen": seen[order].tolist(),
         "episodes": episodes[order].tolist(),
         "earned": [round(v, 4) for v in earned[order].tolist()],
-        "reward": [round(v, 4) for v in final[order].tolist()],
+        "reward": [round(v, 4) for v in last[order].tolist()],
         "label": labels,
         "soft": soft,
         "reply": replies,
@@ -227,7 +227,7 @@ def build_report(
         notes="".join(f"<li>{html.escape(n)}</li>" for n in notes) or "<li>nothing was capped</li>",
         diagnostics=_diagnostics_html(diagnostics, config.diagnostics),
         charts="\n".join(_charts(scalars)),
-        top=_top_html([(captions[i], int(seen[i]), int(episodes[i]), float(earned[i]), float(final[i])) for i in top]),
+        top=_top_html([(captions[i], int(seen[i]), int(episodes[i]), float(earned[i]), float(last[i])) for i in top]),
         captions_data=_pack(table),
         episodes_data=_pack(recorded),
         config=html.escape(config_path.read_text()),
@@ -288,7 +288,7 @@ def _diagnostics_html(d: Any, config: Any) -> str:
 def _top_html(rows: list[tuple[str, int, int, float, float]]) -> str:
     if not rows:
         return "<p>no captions recorded</p>"
-    head = "<tr><th>#</th><th>caption</th><th>times seen</th><th>episodes</th><th>intrinsic reward earned</th><th>final reward</th></tr>"
+    head = "<tr><th>#</th><th>caption</th><th>times seen</th><th>episodes</th><th>intrinsic reward earned</th><th>reward when last seen</th></tr>"
     body = "".join(f"<tr><td class=num>{i}</td><td>{html.escape(c)}</td><td class=num>{s:,}</td><td class=num>{e:,}</td>"
                    f"<td class=num>{r:.2f}</td><td class=num>{f:.3f}</td></tr>" for i, (c, s, e, r, f) in enumerate(rows, 1))
     return f'<table class=grid id="top-captions">{head}{body}</table>'
@@ -323,12 +323,12 @@ _PAGE = """<!DOCTYPE html>
 <p>Raw intrinsic reward (the reward model's, before shaping and the count exponent) summed over every step that showed the caption.</p>
 {top}
 <h2>Label browser</h2>
-<p>Every caption this run saw, with the label store's answer for this run's prompt version and model (1 helpful, 0 not, blank: not labelled), the soft label P(helpful), the raw reply, the run's statistics and the final reward model's reward. Click a column to sort.</p>
+<p>Every caption this run saw, with the label store's answer for this run's prompt version and model (1 helpful, 0 not, blank: not labelled), the soft label P(helpful), the raw reply, the run's statistics and the reward the caption got when the run last saw it. Click a column to sort.</p>
 <div class="controls"><input id="search" type="search" placeholder="search captions and replies"> <span id="match-count"></span>
 <button id="prev-page">&lt; prev</button> <span id="page-info"></span> <button id="next-page">next &gt;</button></div>
 <table class=grid id="browser"><thead><tr>
 <th data-key="caption">caption</th><th data-key="seen">times seen</th><th data-key="episodes">episodes</th>
-<th data-key="earned">intrinsic reward earned</th><th data-key="reward">final reward</th><th data-key="label">LLM label</th>
+<th data-key="earned">intrinsic reward earned</th><th data-key="reward">reward when last seen</th><th data-key="label">LLM label</th>
 <th data-key="soft">soft label</th><th data-key="reply">LLM reply</th></tr></thead><tbody></tbody></table>
 <h2>Episode replay</h2>
 <div id="replay"><div class="controls"><select id="episode-select"></select>

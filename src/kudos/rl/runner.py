@@ -161,7 +161,7 @@ class Trainer:
             "rng": rng_state(),
             "task": self.task.name,
             "reward_type": self.config.reward.type,
-            "run_stats": self.run_stats.state_dict(self.reward),
+            "run_stats": self.run_stats.state_dict(),
         }
 
     def _restore(self, state: dict[str, Any]) -> None:

@@ -2,8 +2,11 @@
 
 :class:`RunStats` is fed every rollout by the runner and checkpointed with it. Per caption it
 counts the steps that showed it (*seen*), the episodes it appeared in (*episodes*: sightings with
-a per-episode count of 1) and the raw intrinsic reward it earned (*earned*: the reward model's
-reward summed over its sightings, before shaping and the count exponent). Per env it adds up
+a per-episode count of 1), the raw intrinsic reward it earned (*earned*: the reward model's
+reward summed over its sightings, before shaping and the count exponent) and the reward it got at
+its last sighting (*last reward*, from the reward model of that moment: scoring every caption
+again with the final model at each checkpoint would cost 0.5-0.7 ms per caption, see
+``bench/run_stats_cost.py``). Per env it adds up
 extrinsic and raw intrinsic episode returns. ``kudos report`` reads all of it back from the
 checkpoint; :func:`diagnose` is shared by the live display and the report.
 """
@@ -139,6 +142,7 @@ class RunStats:
         self._seen: list[int] = []
         self._episodes: list[int] = []
         self._earned: list[float] = []
+        self._last: list[float] = []
         self._episode_ext = np.zeros(num_envs, dtype=np.float64)
         self._episode_int = np.zeros(num_envs, dtype=np.float64)
         self.recent_episodes: deque[tuple[float, float]] = deque(maxlen=config.window_episodes)
@@ -161,7 +165,7 @@ class RunStats:
         """Add one rollout: ``captions`` T lists of B strings, ``counts`` int (T, B) per-episode
         sightings, ``dones`` bool (T+1, B) (``dones[t+1]``: step t ended its episode),
         ``env_rewards`` and raw ``r_int`` float (T, B)."""
-        index, seen, episodes, earned = self.index, self._seen, self._episodes, self._earned
+        index, seen, episodes, earned, last = self.index, self._seen, self._episodes, self._earned, self._last
         for t, row in enumerate(captions):
             first = (counts[t] == 1).tolist()
             rewards = r_int[t].tolist()
@@ -175,9 +179,11 @@ class RunStats:
                     seen.append(0)
                     episodes.append(0)
                     earned.append(0.0)
+                    last.append(0.0)
                 seen[i] += 1
                 episodes[i] += first[b]
                 earned[i] += rewards[b]
+                last[i] = rewards[b]
             self._episode_ext += env_rewards[t]
             self._episode_int += r_int[t]
             for b in np.flatnonzero(dones[t + 1]):
@@ -208,17 +214,14 @@ class RunStats:
             rate = disagreement([label for _, label in labels], scorer([caption for caption, _ in labels]))
         return diagnose(self.captions, *self.arrays(), list(self.recent_episodes), rate, self.config)
 
-    def state_dict(self, scorer: Scorer | None = None) -> dict[str, Any]:
-        """Everything to resume, plus ``final_reward`` (N,): each caption's reward under ``scorer``
-        (the latest reward model), for reports."""
+    def state_dict(self) -> dict[str, Any]:
         seen, episodes, earned = self.arrays()
-        final = scorer(self.captions) if scorer is not None and self.captions else np.zeros(len(self.captions))
         return {
             "captions": list(self.captions),
             "seen": seen,
             "episodes": episodes,
             "earned": earned,
-            "final_reward": np.asarray(final, dtype=np.float32),
+            "last_reward": np.asarray(self._last, dtype=np.float32),
             "episode_ext": self._episode_ext.copy(),
             "episode_int": self._episode_int.copy(),
             "recent_episodes": list(self.recent_episodes),
@@ -232,6 +235,7 @@ class RunStats:
         self._seen = [int(v) for v in state["seen"]]
         self._episodes = [int(v) for v in state["episodes"]]
         self._earned = [float(v) for v in state["earned"]]
+        self._last = [float(v) for v in state["last_reward"]]
         if len(state["episode_ext"]) == len(self._episode_ext):  # else a new env count: start afresh
             self._episode_ext[:] = state["episode_ext"]
             self._episode_int[:] = state["episode_int"]
