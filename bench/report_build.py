@@ -10,8 +10,11 @@ Builds a synthetic run directory the size the issue names, then times build_repo
     report's default cap): real NetHack frames of random play, whose games die after ~100 steps,
     so each recording is stitched from consecutive recorded games.
 The report is built --repeat times (default 2); each build's seconds and the HTML size are printed.
+With --browser the last report is opened in headless chromium (Debian's /usr/bin/chromium through
+Playwright) and the seconds to load and unpack it, and the milliseconds of one label-browser
+search and of sorting all captions by caption text and by reward earned, are printed.
 
-    python bench/report_build.py [--captions 20000] [--steps 1000000] [--repeat 2] [--keep DIR]
+    python bench/report_build.py [--captions 20000] [--steps 1000000] [--repeat 2] [--keep DIR] [--browser]
 """
 
 from __future__ import annotations
@@ -112,12 +115,40 @@ def record_episodes(directory: Path, intrinsic: dict[str, float], seed: int) -> 
                                 "max_depth": 1, "gold": 0, "level": 1, "turns": 0, "death": "stitched"}) + "\n")
 
 
+def browser_timings(path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=args)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        started = time.perf_counter()
+        page.goto(path.as_uri())
+        page.wait_for_selector("body[data-ready]")
+        loaded = time.perf_counter() - started
+        ms = page.evaluate("""() => {
+          const time = f => { const t = performance.now(); f(); return performance.now() - t; };
+          const search = document.getElementById("search");
+          return {
+            search: time(() => { search.value = "jackal"; refresh(); }),
+            caption: time(() => { search.value = ""; sortKey = "caption"; sortDir = 1; refresh(); }),
+            earned: time(() => { sortKey = "earned"; sortDir = -1; refresh(); }),
+            rows: table.caption.length,
+          };
+        }""")
+        browser.close()
+    print(f"chromium: load and unpack {loaded:.2f} s; {ms['rows']:,} captions: search {ms['search']:.0f} ms, "
+          f"sort by caption {ms['caption']:.0f} ms, by reward earned {ms['earned']:.0f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--captions", type=int, default=20_000)
     parser.add_argument("--steps", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--keep", help="build the run directory here and keep it")
+    parser.add_argument("--browser", action="store_true", help="time the report in headless chromium")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(args.keep or tmp)
@@ -133,6 +164,8 @@ def main() -> None:
             print(f"build {i + 1}: {seconds:.2f} s (target < 10 s), HTML {report.size / 1e6:.2f} MB (target < 5 MB)")
         for note in report.notes:
             print(f"  note: {note}")
+        if args.browser:
+            browser_timings(report.path)
 
 
 if __name__ == "__main__":

@@ -300,7 +300,7 @@ h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid 
 table.grid{border-collapse:collapse}table.grid td,table.grid th{border:1px solid #ddd;padding:2px 6px;vertical-align:top}
 table.grid th{background:#f4f4f4;text-align:left}.num{text-align:right;font-variant-numeric:tabular-nums}
 .charts{display:flex;flex-wrap:wrap;gap:8px}.chart{border:1px solid #eee}
-.chart.empty{width:414px;height:206px;display:flex;align-items:center;justify-content:center;text-align:center;color:#888}
+.chart.empty{width:414px;height:206px;display:flex;flex-direction:column;align-items:center;justify-content:center;text-align:center;color:#888}
 .warning{color:#a15c00;font-weight:bold;margin:2px 0}.ok{color:#2a7a2a}
 #browser th{cursor:pointer;user-select:none}#browser th.sorted-asc::after{content:" ▲"}#browser th.sorted-desc::after{content:" ▼"}
 #browser td.reply{max-width:380px;white-space:nowrap;overflow:hidden;text-overflow:ellipsis;color:#555}
