@@ -39,6 +39,7 @@ class EnvConfig:
     num_workers: int = 2  # env worker processes
     seed: int = 0
     max_episode_steps: int | None = None  # None: the task's default
+    macros: str = "oni"  # prompt macros: "oni" (ONI's) or "kudos" (--More-- chains joined, item prompts answered)
 
 
 @dataclass

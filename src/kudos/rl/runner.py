@@ -141,6 +141,7 @@ class Trainer:
             num_workers=config.env.num_workers,
             seed=env_seed,
             max_episode_steps=config.env.max_episode_steps,
+            macros=config.env.macros,
         )
         self.collector = RolloutCollector(
             self.vec, copy.deepcopy(self.policy), config.appo.rollout, policy_version=self.learner.updates
