@@ -125,6 +125,7 @@ def test_training_records_run_statistics_in_the_checkpoint(tmp_path):
     Trainer(config).train()
     stats = load_checkpoint(tmp_path)["run_stats"]
     assert stats["captions"] and len(stats["seen"]) == len(stats["captions"])
-    assert 0 < stats["seen"].sum() <= 128 and np.all(stats["episodes"] <= stats["seen"])
+    seen, episodes = np.asarray(stats["seen"]), np.asarray(stats["episodes"])
+    assert 0 < seen.sum() <= 128 and np.all(episodes <= seen)
     assert len(stats["recent_episodes"]) >= 4  # 20-step episodes in 32 steps per env
     assert "diagnostics/farmed_captions" in read_scalars(tmp_path)

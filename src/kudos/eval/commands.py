@@ -104,7 +104,9 @@ def run_eval(args: argparse.Namespace) -> int:
             summary.add_column(column, justify="left" if column == "figure" else "right")
         for key, name, fmt in _COLUMNS:
             values = np.array([getattr(r, key) for r in reports], dtype=np.float64)
-            summary.add_row(name, *(fmt.format(v) for v in (values.mean(), values.std(), values.min(), values.max())))
+            spread = "{:.2f}" if key == "ret" else "{:.1f}"  # means of counts need a decimal
+            summary.add_row(name, *(f.format(v) for f, v in zip((spread, spread, fmt, fmt),
+                                                                   (values.mean(), values.std(), values.min(), values.max()))))
         ends = Counter(r.death.split(":")[0] for r in reports)
         summary.add_row("end", ", ".join(f"{n}x {escape(e)}" for e, n in ends.most_common()), "", "", "")
         console.print(summary)

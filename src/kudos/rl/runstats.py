@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+import torch
 
 from kudos.config import DiagnosticsConfig
 
@@ -215,15 +216,16 @@ class RunStats:
         return diagnose(self.captions, *self.arrays(), list(self.recent_episodes), rate, self.config)
 
     def state_dict(self) -> dict[str, Any]:
+        """Tensors and plain values only (checkpoints load with ``weights_only=True``)."""
         seen, episodes, earned = self.arrays()
         return {
             "captions": list(self.captions),
-            "seen": seen,
-            "episodes": episodes,
-            "earned": earned,
-            "last_reward": np.asarray(self._last, dtype=np.float32),
-            "episode_ext": self._episode_ext.copy(),
-            "episode_int": self._episode_int.copy(),
+            "seen": torch.from_numpy(seen),
+            "episodes": torch.from_numpy(episodes),
+            "earned": torch.from_numpy(earned),
+            "last_reward": torch.tensor(self._last, dtype=torch.float32),
+            "episode_ext": torch.from_numpy(self._episode_ext.copy()),
+            "episode_int": torch.from_numpy(self._episode_int.copy()),
             "recent_episodes": list(self.recent_episodes),
             "recent_labels": list(self.recent_labels),
             "label_key": self.label_key,
@@ -232,12 +234,15 @@ class RunStats:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.captions = list(state["captions"])
         self.index = {c: i for i, c in enumerate(self.captions)}
-        self._seen = [int(v) for v in state["seen"]]
-        self._episodes = [int(v) for v in state["episodes"]]
-        self._earned = [float(v) for v in state["earned"]]
-        self._last = [float(v) for v in state["last_reward"]]
+        self._seen = np.asarray(state["seen"], dtype=np.int64).tolist()
+        self._episodes = np.asarray(state["episodes"], dtype=np.int64).tolist()
+        self._earned = np.asarray(state["earned"], dtype=np.float64).tolist()
+        self._last = np.asarray(state["last_reward"], dtype=np.float64).tolist()
         if len(state["episode_ext"]) == len(self._episode_ext):  # else a new env count: start afresh
-            self._episode_ext[:] = state["episode_ext"]
-            self._episode_int[:] = state["episode_int"]
-        self.recent_episodes.extend(tuple(e) for e in state["recent_episodes"])
-        self.recent_labels.extend(tuple(e) for e in state["recent_labels"])
+            self._episode_ext[:] = np.asarray(state["episode_ext"])
+            self._episode_int[:] = np.asarray(state["episode_int"])
+        self.recent_episodes.extend((float(a), float(b)) for a, b in state["recent_episodes"])
+        self.recent_labels.extend((str(c), int(label)) for c, label in state["recent_labels"])
+        if self.label_key is None and state.get("label_key"):  # a resumed run keeps what follow() set
+            prompt_hash, model_id = state["label_key"]
+            self.label_key = (prompt_hash, model_id)
