@@ -5,7 +5,7 @@ counts the steps that showed it (*seen*), the episodes it appeared in (*episodes
 a per-episode count of 1), the raw intrinsic reward it earned (*earned*: the reward model's
 reward summed over its sightings, before shaping and the count exponent) and the reward it got at
 its last sighting (*last reward*, from the reward model of that moment: scoring every caption
-again with the final model at each checkpoint would cost 0.5-0.7 ms per caption, see
+again with the final model at each checkpoint would cost 0.3-0.7 ms per caption, see
 ``bench/run_stats_cost.py``). Per env it adds up
 extrinsic and raw intrinsic episode returns. ``kudos report`` reads all of it back from the
 checkpoint; :func:`diagnose` is shared by the live display and the report.
