@@ -14,7 +14,9 @@ With --browser the last report is opened in headless chromium (Debian's /usr/bin
 Playwright) and the seconds to load and unpack it, and the milliseconds of one label-browser
 search and of sorting all captions by caption text and by reward earned, are printed.
 
-    python bench/report_build.py [--captions 20000] [--steps 1000000] [--repeat 2] [--keep DIR] [--browser]
+With --profile one more build runs under cProfile and the seconds of its main parts are printed.
+
+    python bench/report_build.py [--captions 20000] [--steps 1000000] [--repeat 2] [--keep DIR] [--browser] [--profile]
 """
 
 from __future__ import annotations
@@ -149,6 +151,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--keep", help="build the run directory here and keep it")
     parser.add_argument("--browser", action="store_true", help="time the report in headless chromium")
+    parser.add_argument("--profile", action="store_true", help="print where one more build spends its time")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(args.keep or tmp)
@@ -166,6 +169,29 @@ def main() -> None:
             print(f"  note: {note}")
         if args.browser:
             browser_timings(report.path)
+        if args.profile:
+            profile(directory)
+
+
+# (label, module file suffix, function) of the parts of a build the profile reports.
+PARTS = [("label store get_many", "feedback/store.py", "get_many"), ("TensorBoard events", "eval/scalars.py", "read_scalars"),
+         ("charts", "eval/report.py", "_charts"), ("checkpoint", "rl/checkpoint.py", "load_checkpoint"),
+         ("compressing payloads", "eval/report.py", "_pack"), ("recorded episodes", "eval/report.py", "_episodes")]
+
+
+def profile(directory: Path) -> None:
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.runcall(build_report, directory)
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    total = sum(v[3] for (file, _, name), v in stats.items() if name == "build_report")
+    parts = []
+    for label, suffix, function in PARTS:
+        seconds = sum(v[3] for (file, _, name), v in stats.items() if name == function and file.endswith(suffix))
+        parts.append(f"{label} {seconds:.2f} s")
+    print(f"profiled build {total:.2f} s: " + ", ".join(parts))
 
 
 if __name__ == "__main__":
