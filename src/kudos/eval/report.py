@@ -390,7 +390,7 @@ function refresh() {
   view.sort((a, b) => {
     let x = column[a], y = column[b];
     if (x === null) return 1; if (y === null) return -1;  // unlabelled rows last either way
-    const c = numeric ? x - y : String(x).localeCompare(String(y));
+    const c = numeric ? x - y : (x < y ? -1 : x > y ? 1 : 0);  // text by code point, as Python sorts
     return c * sortDir || a - b;
   });
   page = 0;
