@@ -22,7 +22,7 @@ import numpy as np
 import yaml
 
 from kudos.errors import KudosError
-from kudos.eval.plots import Line, line_chart
+from kudos.eval.plots import panel_chart
 from kudos.eval.scalars import read_scalars
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,16 @@ class Group:
     task: str
     label: str
     runs: list[Run] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A group's mean curve on the step grid ``x`` (N,), with its 95% band ``low``..``high``."""
+
+    x: np.ndarray
+    y: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -169,7 +179,7 @@ class Comparison:
     curve with its band, and the final estimate."""
 
     groups: list[Group]
-    curves: dict[tuple[str, str, str], Line] = field(default_factory=dict)
+    curves: dict[tuple[str, str, str], Curve] = field(default_factory=dict)
     finals: dict[tuple[str, str, str], Estimate] = field(default_factory=dict)
 
     def tasks(self) -> list[str]:
@@ -221,15 +231,16 @@ class Comparison:
         out_dir.mkdir(parents=True, exist_ok=True)
         written = []
         for task in self.tasks():
-            panels = {
-                name: [line for (t, _, m), line in self.curves.items() if t == task and m == tag]
-                for tag, name in METRICS.items()
-            }
-            panels = {name: lines for name, lines in panels.items() if lines}
+            panels = {}
+            for tag, name in METRICS.items():
+                curves = {label: c for (t, label, m), c in self.curves.items() if t == task and m == tag}
+                if curves:
+                    lines = {label: (c.x, c.y) for label, c in curves.items()}
+                    panels[name] = (lines, {label: (c.low, c.high) for label, c in curves.items()})
             if not panels:
                 continue
             path = out_dir / f"{task}.png"
-            line_chart(panels, title=f"{task}: mean over seeds, 95% bootstrap band", xlabel="env steps", path=path)
+            panel_chart(panels, title=f"{task}: mean over seeds, 95% bootstrap band", path=path)
             written.append(path)
         return written
 
@@ -260,7 +271,7 @@ def compare(
                     continue
                 values = np.stack([np.interp(grid, *r.curves[tag]) for r in with_tag])  # (S, points)
                 mean, low, high = bootstrap(values, resamples=resamples, seed=seed)
-                result.curves[(task, group.label, tag)] = Line(group.label, grid, mean, low, high)
+                result.curves[(task, group.label, tag)] = Curve(grid, mean, low, high)
                 finals = values[:, last].mean(axis=1)
                 f_mean, f_low, f_high = bootstrap(finals, resamples=resamples, seed=seed)
                 result.finals[(task, group.label, tag)] = Estimate(
