@@ -113,7 +113,7 @@ def panel_chart(
 
     rows = max(1, -(-len(panels) // columns))
     figure = Figure(figsize=(panel_size[0] * columns, panel_size[1] * rows + 0.6), dpi=dpi)
-    figure.subplots_adjust(left=0.08, right=0.98, top=1 - 0.5 / figure.get_figheight(),
+    figure.subplots_adjust(left=0.08, right=0.98, top=1 - 0.8 / figure.get_figheight(),
                            bottom=0.55 / figure.get_figheight() + 0.06, hspace=0.55, wspace=0.2)
     palette = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     labels = list(dict.fromkeys(label for lines, _ in panels.values() for label in lines))
