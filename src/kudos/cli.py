@@ -23,6 +23,7 @@ from kudos.errors import KudosError
 #: Modules that add subcommands (each has ``register(subparsers)``).
 COMMAND_MODULES: tuple[str, ...] = (
     "kudos.feedback.commands", "kudos.feedback.llm_commands", "kudos.rl.commands", "kudos.eval.commands",
+    "kudos.eval.compare_command",
 )
 
 console = Console()

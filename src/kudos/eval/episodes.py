@@ -30,7 +30,7 @@ _HOW_DONE = {getattr(nethack, name): name.lower().replace("_", " ") for name in 
 
 
 class Policy(Protocol):
-    """Maps one observation to an action index in the extended action set."""
+    """Maps one observation to an action index in the task's action set."""
 
     def __call__(self, obs: dict[str, np.ndarray]) -> int: ...
 
@@ -178,18 +178,21 @@ class CheckpointPolicy:
     Args:
         policy_state: the ``learner["policy"]`` state dict of a checkpoint.
         preset: the run's ``run.policy`` preset name.
+        num_actions: the size of the run's task's action set (``TaskSpec.num_actions``).
         greedy: take the most likely action instead of sampling one.
         seed: seeds the sampling.
     """
 
-    def __init__(self, policy_state: dict[str, object], preset: str, *, greedy: bool = False, seed: int | None = None) -> None:
+    def __init__(
+        self, policy_state: dict[str, object], preset: str, num_actions: int, *, greedy: bool = False,
+        seed: int | None = None,
+    ) -> None:
         import torch
 
-        from kudos.envs import NUM_ACTIONS
         from kudos.rl.checkpoint import CheckpointError
         from kudos.rl.policy import NetHackPolicy, get_policy_config
 
-        self.policy = NetHackPolicy(get_policy_config(preset), NUM_ACTIONS)
+        self.policy = NetHackPolicy(get_policy_config(preset), num_actions)
         try:
             self.policy.load_state_dict(policy_state)
         except (RuntimeError, KeyError, TypeError) as exc:
@@ -259,7 +262,7 @@ def evaluate_run(
     intrinsic = dict(zip(stats.get("captions", []), np.asarray(stats.get("last_reward", [])).tolist()))
     reports = run_episodes(
         spec.name,
-        lambda env: CheckpointPolicy(policy_state, config.run.policy, greedy=greedy, seed=seed),
+        lambda env: CheckpointPolicy(policy_state, config.run.policy, env.action_space.n, greedy=greedy, seed=seed),
         episodes,
         seed=seed,
         max_steps=max_steps or config.env.max_episode_steps,
