@@ -33,15 +33,16 @@ err_console = Console(stderr=True)
 def _cmd_tasks(args: argparse.Namespace) -> int:
     from kudos.envs import TASKS
 
-    table = Table(title="NetHack tasks", title_justify="left")
+    table = Table(title="NetHack and MiniHack tasks", title_justify="left")
     table.add_column("task", style="bold cyan")
     table.add_column("extrinsic reward")
     table.add_column("character")
+    table.add_column("actions", justify="right")
     table.add_column("max steps", justify="right")
     for spec in TASKS.values():
-        table.add_row(spec.name, spec.reward, spec.character, f"{spec.max_episode_steps:,}")
+        table.add_row(spec.name, spec.reward, spec.character, str(spec.num_actions), f"{spec.max_episode_steps:,}")
     console.print(table)
-    console.print("All tasks use the 28-action extended set with ONI's prompt macros.")
+    console.print("NetHack tasks use the 28-action extended set; every task uses ONI's prompt macros (env.macros).")
     return 0
 
 
