@@ -22,7 +22,9 @@ with the first offered item inside the same step.
 Observations are NLE's dict observations; ``message`` holds the step's caption (Latin-1 bytes,
 NUL-padded to 256), so the policy sees what the LLM is asked about. ``info`` of every step holds
 ``caption`` (str), ``caption_count`` (int, sightings of this caption in the episode, this one
-included), ``end_status`` (:class:`EndStatus` as int) and ``success`` (bool).
+included), ``end_status`` (:class:`EndStatus` as int), ``success`` (bool), and the in-game
+``score`` and dungeon ``depth`` (ints, from the bottom line; the last in-game ones once the game
+has ended).
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ import numpy as np
 from nle import nethack
 from nle.env.base import ASCII_ESC, ASCII_SPACE, NLE
 
-from kudos.envs.actions import EXTENDED_ACTIONS
 from kudos.envs.captions import CaptionCounter, decode_caption, join_captions
 from kudos.envs.tasks import TaskSpec, Transition, get_task
 from kudos.errors import ConfigError
@@ -77,13 +78,14 @@ class EndStatus(enum.IntEnum):
     TASK_SUCCESSFUL = 2
 
 
-def first_offered_item(prompt: str) -> str | None:
-    """The first inventory letter offered by an eat/drink prompt, or None if it offers none.
+def first_offered_item(prompt: str, pattern: re.Pattern[str] = _ITEM_PROMPT) -> str | None:
+    """The first inventory letter offered by an item prompt (eat/drink unless ``pattern`` says
+    otherwise), or None if it offers none.
 
     >>> first_offered_item("What do you want to eat? [fg or ?*]")
     'f'
     """
-    match = _ITEM_PROMPT.search(prompt)
+    match = pattern.search(prompt)
     if match is None:
         return None
     letters = match.group(1).split(" or ")[0]
@@ -132,8 +134,9 @@ class NetHackTaskEnv(NLE):
             character=character or self.spec_task.character,
             max_episode_steps=max_episode_steps or self.spec_task.max_episode_steps,
             observation_keys=keys,
-            actions=EXTENDED_ACTIONS,
+            actions=self.spec_task.actions,
             options=options,
+            spawn_monsters=self.spec_task.spawn_monsters,
             fix_moon_phase=True,
         )
         self._tty_index = self._observation_keys.index("tty_chars")
@@ -196,6 +199,9 @@ class NetHackTaskEnv(NLE):
         )
         in_game = not done and self.nethack.in_normal_game()
         success = in_game and self.rules.success(transition)
+        # A finished game (or quitting one, below) zeroes the bottom line: keep the last in-game one.
+        bottom = transition.blstats if in_game else prev_blstats
+        score, depth = int(bottom[nethack.NLE_BL_SCORE]), int(bottom[nethack.NLE_BL_DEPTH])
         reward = self.rules.reward(transition) if in_game else 0.0
         if prev_blstats[nethack.NLE_BL_TIME] == transition.blstats[nethack.NLE_BL_TIME]:
             self._frozen_steps += 1
@@ -220,6 +226,8 @@ class NetHackTaskEnv(NLE):
             "caption_count": self.captions.observe(caption),
             "end_status": int(status),
             "success": success,
+            "score": score,
+            "depth": depth,
         }
         return self._get_observation(observation), float(reward), done or success, truncated, info
 
@@ -271,6 +279,10 @@ class NetHackTaskEnv(NLE):
                 observation, done = self.nethack.step(ASCII_ESC)
                 continue
             if internal[_IN_YN]:
+                key = self._task_answer(message)
+                if key is not None:
+                    observation, done = self.nethack.step(key)
+                    continue
                 if join and _ITEM_PROMPT.search(message):
                     item = first_offered_item(message)
                     observation, done = self.nethack.step(ord(item) if item else ASCII_ESC)
@@ -296,6 +308,11 @@ class NetHackTaskEnv(NLE):
             log.warning("prompt macros pressed %d keys without reaching the game; giving the step back", _MAX_MACRO_KEYS)
         return observation, done
 
+    def _task_answer(self, message: str) -> int | None:
+        """The key a task's own macro presses at a y/n or item prompt; None leaves the prompt to
+        the macros above. NetHack tasks have none; MiniHack tasks answer e.g. "Unlock it?"."""
+        return None
+
     def _write_message(self, observation: tuple[np.ndarray, ...], caption: str) -> None:
         buffer = observation[self._message_index]
         encoded = caption.encode("latin-1", errors="replace")[: buffer.shape[0]]
@@ -304,5 +321,7 @@ class NetHackTaskEnv(NLE):
 
 
 def make_env(task: str | TaskSpec = "Score", **kwargs: Any) -> NetHackTaskEnv:
-    """Build one task environment (see :class:`NetHackTaskEnv` for the arguments)."""
-    return NetHackTaskEnv(task, **kwargs)
+    """Build one task environment, of the task's ``env_class`` (see :class:`NetHackTaskEnv` for
+    the arguments)."""
+    spec = task if isinstance(task, TaskSpec) else get_task(task)
+    return (spec.env_class or NetHackTaskEnv)(spec, **kwargs)
