@@ -158,9 +158,10 @@ def child_rllib(args: argparse.Namespace) -> dict[str, Any]:
     return {"steps_per_s": rate, "window_s": seconds, "params": num_params, "ray": ray.__version__}
 
 
-def run_child(python: Path, args: argparse.Namespace, name: str, extra: list[str]) -> dict[str, Any]:
-    """Runs this script as ``--child name`` under ``python``; its last stdout line is the JSON result."""
-    command = [str(python), __file__, "--child", name, "--envs", str(args.envs), "--workers", str(args.workers),
+def run_child(python: Path, args: argparse.Namespace, name: str, extra: list[str], script: str = __file__) -> dict[str, Any]:
+    """Runs ``script`` (default: this one) as ``--child name`` under ``python``; its last stdout line is
+    the JSON result."""
+    command = [str(python), script, "--child", name, "--envs", str(args.envs), "--workers", str(args.workers),
                "--warmup", str(args.warmup), "--seconds", str(args.seconds), *extra]
     before = os.getloadavg()[0]
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
