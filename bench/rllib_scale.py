@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -39,11 +40,13 @@ from train_throughput import ROLLOUT, run_child, window_rate
 
 class InstantStandInLLM:
     """A stand-in for an LLM server (OpenAI chat API, ``GET /v1/models``) that answers every
-    request at once: "1" or "0" by a hash of the prompt, with answer-token log-probs. Counts the
-    requests per prompt in ``asked``. Not a model: for measuring what is around the LLM."""
+    request at once (or after ``delay_s``): "1" or "0" by a hash of the prompt, with answer-token
+    log-probs. Counts the requests per prompt in ``asked``. Not a model: for measuring what is
+    around the LLM, and for races between runs that share a store."""
 
-    def __init__(self, model_id: str) -> None:
+    def __init__(self, model_id: str, delay_s: float = 0.0) -> None:
         self.model_id = model_id
+        self.delay_s = delay_s
         self.asked: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
         stand_in = self
@@ -60,6 +63,7 @@ class InstantStandInLLM:
                 prompt = body["messages"][-1]["content"]
                 with stand_in._lock:
                     stand_in.asked[prompt] += 1
+                time.sleep(stand_in.delay_s)
                 answer = "1" if hashlib.blake2b(prompt.encode(), digest_size=1).digest()[0] % 2 else "0"
                 other = "0" if answer == "1" else "1"
                 top = [{"token": answer, "logprob": -0.1}, {"token": other, "logprob": -2.4}]
@@ -96,8 +100,6 @@ class InstantStandInLLM:
 
 def child_rllib(args: argparse.Namespace) -> dict[str, Any]:
     """Runs KudosAPPO until ``warmup + seconds`` after its first iteration; figures as a dict."""
-    import time
-
     import ray
 
     from kudos.config import load_config
