@@ -210,7 +210,7 @@ class Trainer:
         if self.reward is None:
             r_int = np.zeros_like(rollout.env_rewards)
         else:
-            self.reward.submit(list(dict.fromkeys(flat)))
+            self.reward.submit(flat)
             r_int = self.reward(flat).reshape(rollout.env_rewards.shape)
         shaped = self.shaper(rollout.env_rewards, r_int, rollout.caption_counts, rollout.dones[1:])
         return shaped, r_int
