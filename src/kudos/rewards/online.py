@@ -26,8 +26,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from kudos import STARTUP_LOG
 from kudos.errors import ConfigError, KudosError
 from kudos.feedback.annotator import Annotator, AnnotatorConfig, resolve_spec
+from kudos.feedback.embedded import MODEL_ID as EMBEDDED_MODEL_ID
+from kudos.feedback.embedded import EmbeddedLLM
 from kudos.feedback.llm import HTTPConfig, LLMBackend, make_backend
 from kudos.feedback.prompts import GOALS, PromptTemplate
 from kudos.feedback.store import LabelStore, default_store_path, open_store
@@ -44,6 +47,7 @@ from kudos.rewards.trainer import OnlineRewardTrainer, TrainerConfig, follow_ann
 from kudos.rewards.wrapper import intrinsic_rewards
 
 log = logging.getLogger(__name__)
+startup = logging.getLogger(STARTUP_LOG)
 
 REWARD_TYPES = ("none", "retrieval", "classification", "ranking", "motif", "cosine", "ensemble")
 _MEMBER_TYPES = ("retrieval", "classification", "ranking", "cosine")
@@ -181,11 +185,16 @@ class IntrinsicReward:
     def _template(self, kind: str) -> PromptTemplate:
         return PromptTemplate(kind=kind, goal=self.goal, format=self.llm.format)  # type: ignore[arg-type]
 
-    def _open_llm(self) -> None:
+    def _open_store(self) -> LabelStore:
         if self.store is None:
             location = self.llm.store or default_store_path()
             self.store = open_store(location if "://" in location else Path(location).expanduser())
+        return self.store
+
+    def _open_llm(self) -> None:
+        self._open_store()
         if self.backend is None:
+            startup.info("connecting to the LLM (%s)", self.llm.backend)
             http = HTTPConfig(client_error_limit_s=self.llm.client_error_limit_s)
             self.backend = make_backend(self.llm.backend, threads=self.llm.threads, model=self.llm.model, config=http)
 
@@ -222,21 +231,27 @@ class IntrinsicReward:
         return model
 
     def _offline_motif(self) -> RewardModel:
-        self._open_llm()
-        assert self.store is not None and self.backend is not None
-        template = self._template("rank")
+        store = self._open_store()
+        # The LLM is not asked during training: only its id and question are needed, and loading
+        # the embedded model to read them would cost tens of seconds.
+        backend: Any
+        if self.llm.backend == "embedded":
+            backend, model_id = EmbeddedLLM, EMBEDDED_MODEL_ID
+        else:
+            self._open_llm()
+            backend = self.backend
+            model_id = backend.model_id
         # The same question an annotator asks (for small models: pairs derived from scores).
-        spec = resolve_spec(template, self.backend)
-        source = StoreLabelSource(self.store, spec.version_hash, self.backend.model_id)
-        pairs, _ = source.read(0, 10_000_000)
+        spec = resolve_spec(self._template("rank"), backend)
+        startup.info("offline Motif: reading the stored pair labels")
+        pairs, _ = StoreLabelSource(store, spec.version_hash, model_id).read(0, 10_000_000)
         if not pairs:
             raise KudosError(
                 f"offline Motif found no pair labels for goal {self.goal!r} and model "
-                f"{self.backend.model_id!r} in {self.llm.store or default_store_path()}: label a pair "
+                f"{model_id!r} in {self.llm.store or default_store_path()}: label a pair "
                 "dataset (JSONL lines with \"first\" and \"second\") with `kudos annotate` first"
             )
-        log.info("offline Motif: fitting a ranker to %d stored pair labels", len(pairs))
-        return train_offline_motif(pairs, steps=self.config.motif_steps)
+        return train_offline_motif(pairs, config=self.config.ranker, steps=self.config.motif_steps)
 
     def start(self) -> IntrinsicReward:
         """Start the annotators and trainers (after :meth:`load_state_dict` when resuming)."""
@@ -310,12 +325,17 @@ class IntrinsicReward:
         for kind, saved in state["annotators"].items():
             self.annotators[kind].load_state_dict(saved)
 
-    def close(self) -> None:
-        """Stop trainers and annotators, then release the LLM and the store."""
-        for trainer in self.trainers:
-            trainer.stop()
+    def stop(self) -> None:
+        """Stop the annotators (each stores the batch it has in flight) and then the trainers;
+        counters, :meth:`metrics` and :meth:`state_dict` stay readable. Idempotent."""
         for annotator in self.annotators.values():
             annotator.close()
+        for trainer in self.trainers:
+            trainer.stop()
+
+    def close(self) -> None:
+        """:meth:`stop`, then release the LLM and the store."""
+        self.stop()
         if self.backend is not None:
             self.backend.close()
         if self.store is not None:

@@ -18,6 +18,7 @@ error; the run goes on scoring with the last published weights.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -216,11 +217,17 @@ class OnlineRewardTrainer:
                 with self.lock:
                     if now >= self._next_read:
                         self._next_read = now + cfg.poll_interval_s
-                        self.ingest()
-                    if now >= self._next_step and self.step():
-                        held = len(self.model.dataset) if isinstance(self.model, LearnedRewardModel) else 0
-                        rate = cfg.warmup_steps_per_s if held < cfg.warmup_labels else cfg.steady_steps_per_s
-                        self._next_step = now + 1.0 / rate
+                        if self.ingest():
+                            self._next_step = min(self._next_step, now)
+                    if now >= self._next_step:
+                        if self.step():
+                            held = len(self.model.dataset) if isinstance(self.model, LearnedRewardModel) else 0
+                            rate = cfg.warmup_steps_per_s if held < cfg.warmup_labels else cfg.steady_steps_per_s
+                            self._next_step = now + 1.0 / rate
+                        else:
+                            # Nothing to train on until new labels are read: sleep until then
+                            # instead of asking again in a loop that holds the GIL.
+                            self._next_step = math.inf
                     if cfg.checkpoint_path and now >= self._next_checkpoint:
                         self._next_checkpoint = now + cfg.checkpoint_every_s
                         self.checkpoint(cfg.checkpoint_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from typing import Any
@@ -11,6 +12,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from kudos import STARTUP_LOG
 from kudos.errors import KudosError
 
 console = Console()
@@ -107,6 +109,9 @@ def run_train(args: argparse.Namespace) -> int:
     if config.run.steps < 1:
         raise KudosError(f"run.steps must be >= 1, got {config.run.steps}")
 
+    # Start-up phases that take seconds (loading the LLM, fitting offline Motif, starting env
+    # workers) log to STARTUP_LOG; show them, so start-up is never a silent wait.
+    logging.getLogger(STARTUP_LOG).setLevel(logging.INFO)
     interactive = console.is_terminal
     live = Live(console=console, auto_refresh=False) if interactive else None
     last_line = 0.0

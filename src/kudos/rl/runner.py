@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import yaml
 
+from kudos import STARTUP_LOG
 from kudos.config import KudosConfig, load_config
 from kudos.envs import NUM_ACTIONS, get_task
 from kudos.envs.vector import VectorNetHack
@@ -44,6 +45,7 @@ from kudos.rl.policy import NetHackPolicy, get_policy_config, obs_to_tensors
 from kudos.rl.rollout import Rollout, RolloutCollector
 
 log = logging.getLogger(__name__)
+startup = logging.getLogger(STARTUP_LOG)
 
 CONFIG_NAME = "config.yaml"
 _RECENT_EPISODES = 100
@@ -130,6 +132,7 @@ class Trainer:
             self._restore(checkpoint)
         # Resumed runs play new games: reseed so they do not replay the first run's episodes.
         env_seed = config.env.seed + 1_000_003 * self.progress.updates
+        startup.info("starting %d envs in %d worker processes", config.env.num_envs, config.env.num_workers)
         self.vec = VectorNetHack(
             self.task,
             config.env.num_envs,
@@ -283,6 +286,8 @@ class Trainer:
                 if now >= next_checkpoint:
                     self.checkpoint()
                     next_checkpoint = now + self.config.run.checkpoint_every_s
+            if self.reward is not None:
+                self.reward.stop()  # the LLM batch in flight is stored and counted before the last report
             self._report(started, steps_at_start)
             self.checkpoint()
         finally:
