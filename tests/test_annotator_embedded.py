@@ -22,15 +22,10 @@ WAIT_S = 600.0  # a few seconds per caption on two busy cores
 
 
 @pytest.fixture(scope="module")
-def llm() -> Iterator[Any]:
-    from kudos.feedback.embedded import EmbeddedLLM, ModelFileError
+def llm(embedded_model: Path) -> Iterator[Any]:
+    from kudos.feedback.embedded import EmbeddedLLM
 
-    try:
-        backend = EmbeddedLLM(threads=2)
-    except ImportError as exc:
-        pytest.skip(f"llama-cpp-python is not installed ({exc}); `make install` installs it")
-    except ModelFileError as exc:
-        pytest.skip(f"the embedded model is not available: {exc}")
+    backend = EmbeddedLLM(threads=2)
     yield backend
     backend.close()
 
