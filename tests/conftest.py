@@ -6,6 +6,9 @@ are skipped with the reason, never failed.
 """
 
 import importlib.util
+import socket
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,6 +33,29 @@ def embedded_model() -> Path:
     from kudos.feedback.embedded import ensure_embedded_model
 
     return ensure_embedded_model()
+
+
+@pytest.fixture(scope="session")
+def llama_server(embedded_model: Path) -> Iterator[str]:
+    """A real ``python -m llama_cpp.server`` on the embedded model (1 thread) at a free localhost
+    port; yields its base URL (``http://127.0.0.1:PORT/v1``)."""
+    from kudos.feedback.embedded import start_server, wait_for_server
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    process = start_server(port=port, threads=1)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        wait_for_server(url, process)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 @pytest.fixture(autouse=True)

@@ -55,7 +55,7 @@ def test_annotator_labels_with_the_embedded_model(llm: Any, tmp_path: Path) -> N
 
         # Pairs derived from these per-caption scores need no LLM call either; "auto" (the default)
         # derives them because the embedded model is pointwise_only.
-        config = AnnotatorConfig(pairs_per_caption=2)
+        config = AnnotatorConfig(obs_subsample=1)  # pairs from every caption seen, not every 10th
         with Annotator(llm, store, PromptTemplate(kind="rank"), config) as ranker:
             ranker.submit(CAPTIONS)
             assert ranker.wait_idle(WAIT_S)

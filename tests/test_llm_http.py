@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from kudos.errors import KudosError
-from kudos.feedback.embedded import MODEL_ID, EmbeddedLLM, start_server, wait_for_server
+from kudos.feedback.embedded import MODEL_ID, EmbeddedLLM
 from kudos.feedback.llm import (
     EndpointPool,
     HTTPConfig,
@@ -162,21 +162,9 @@ class FaultyLLMServer:
 
 
 @pytest.fixture(scope="module")
-def upstream(embedded_model: Path) -> Iterator[str]:
-    """The real llama.cpp server on the embedded model, on a free localhost port."""
-    port = free_port()
-    process = start_server(port=port, threads=1)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        wait_for_server(url, process)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def upstream(llama_server: str) -> str:
+    """The real server on the embedded model (conftest's ``llama_server``), behind the proxies."""
+    return llama_server
 
 
 @pytest.fixture(scope="module")

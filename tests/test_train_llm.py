@@ -6,40 +6,18 @@ Slow: a few thousand env steps per reward type, on two shared cores."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from kudos.config import load_config
 from kudos.eval.scalars import read_scalars
-from kudos.feedback.embedded import start_server, wait_for_server
 from kudos.feedback.store import open_store
 from kudos.rl.runner import Trainer
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def server(embedded_model: Path) -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    process = start_server(port=port, threads=1)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        wait_for_server(url, process)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _train(tmp_path: Path, server: str, reward: str, steps: int = 3072, *overrides: str) -> list[dict[str, float]]:
@@ -59,8 +37,8 @@ def _labels(figures: dict[str, float]) -> float:
 
 
 @pytest.mark.parametrize("reward", ["ranking", "cosine", "ensemble"])
-def test_training_with_a_real_llm_server(tmp_path: Path, server: str, reward: str) -> None:
-    shown = _train(tmp_path, server, reward)
+def test_training_with_a_real_llm_server(tmp_path: Path, llama_server: str, reward: str) -> None:
+    shown = _train(tmp_path, llama_server, reward)
     last = shown[-1]
     assert max(f["intrinsic/nonzero_fraction"] for f in shown) > 0
     if reward != "cosine":
@@ -74,7 +52,7 @@ def test_training_with_a_real_llm_server(tmp_path: Path, server: str, reward: st
         assert scalars[key].values[-1] == pytest.approx(value, rel=1e-5, abs=1e-6), key
 
 
-def test_offline_motif_from_pairs_in_the_store(tmp_path: Path, server: str) -> None:
+def test_offline_motif_from_pairs_in_the_store(tmp_path: Path, llama_server: str) -> None:
     """Pairs labelled by `kudos annotate` on the same server (its model found the same way) are what
     offline Motif fits; the LLM is not asked during training."""
     captions = ["You kill the newt!", "It's a wall.", "You find a hidden passage.", "You see here 4 gold pieces.",
@@ -83,10 +61,10 @@ def test_offline_motif_from_pairs_in_the_store(tmp_path: Path, server: str) -> N
     pairs.write_text("".join(json.dumps({"first": a, "second": b}) + "\n"
                              for i, a in enumerate(captions) for b in captions[i + 1:]))
     done = subprocess.run(
-        [sys.executable, "-m", "kudos.cli", "annotate", str(pairs), "--llm", server,
+        [sys.executable, "-m", "kudos.cli", "annotate", str(pairs), "--llm", llama_server,
          "--store", str(tmp_path / "labels.sqlite")], capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr
-    shown = _train(tmp_path, server, "motif", 2048, "reward.motif_steps=200")
+    shown = _train(tmp_path, llama_server, "motif", 2048, "reward.motif_steps=200")
     assert max(f["intrinsic/nonzero_fraction"] for f in shown) > 0
     assert _labels(shown[-1]) == 0  # offline: nothing asked while training
