@@ -80,6 +80,7 @@ def test_offline_motif_without_pairs_says_what_to_do(tmp_path):
         IntrinsicReward(RewardConfig(type="motif"), LLMConfig(store=str(tmp_path / "s.sqlite")), goal="score")
 
 
+@pytest.mark.usefixtures("embedded_model")
 def test_learned_models_take_their_settings_from_the_reward_config(tmp_path):
     config = load_config(overrides=["reward.type=ensemble", "reward.members=classification,ranking",
                                     "reward.classifier.channels=16", "reward.ranker.hidden=8"]).reward
