@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: install run test bench clean postgres
+.PHONY: install run test test-all bench clean postgres browser
 
 # torch goes in first and pinned: the CPU wheel for 2.13.0 is on disk, and installing it before
 # anything that depends on torch keeps pip from resolving a (multi-GB) CUDA build.
@@ -27,8 +27,18 @@ postgres:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
 
-test: install postgres
+# Debian's headless Chromium for the HTML report test (installed when running as root; without
+# it that test skips and says why).
+browser:
+	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+# The quick suite (long tests are marked `slow` and skipped); `test-all` runs every test, as CI does.
+test: install postgres browser
 	$(PY) -m pytest -q
+
+test-all: install postgres browser
+	$(PY) -m pytest -q -m "" --durations=25
 
 bench: install
 	$(PY) bench/env_throughput.py

@@ -43,6 +43,7 @@ from kudos.rl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set
 from kudos.rl.learner import Learner, RolloutBatch
 from kudos.rl.policy import NetHackPolicy, get_policy_config, obs_to_tensors
 from kudos.rl.rollout import Rollout, RolloutCollector
+from kudos.rl.runstats import RunStats
 
 log = logging.getLogger(__name__)
 startup = logging.getLogger(STARTUP_LOG)
@@ -126,6 +127,10 @@ class Trainer:
         self.reward: IntrinsicReward | None = None
         if config.reward.type != "none":
             self.reward = IntrinsicReward(config.reward, config.llm, self.task.goal)
+        # What the run rewarded, per caption, and the reward-hacking diagnostics (kudos report).
+        self.run_stats = RunStats(config.diagnostics, config.env.num_envs)
+        if self.reward is not None and "classify" in self.reward.annotators:
+            self.run_stats.follow(self.reward.annotators["classify"])
 
         checkpoint = load_checkpoint(self.output_dir) if resume else None
         if checkpoint is not None:
@@ -139,6 +144,7 @@ class Trainer:
             num_workers=config.env.num_workers,
             seed=env_seed,
             max_episode_steps=config.env.max_episode_steps,
+            macros=config.env.macros,
         )
         self.collector = RolloutCollector(
             self.vec, copy.deepcopy(self.policy), config.appo.rollout, policy_version=self.learner.updates
@@ -159,6 +165,7 @@ class Trainer:
             "rng": rng_state(),
             "task": self.task.name,
             "reward_type": self.config.reward.type,
+            "run_stats": self.run_stats.state_dict(),
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -173,6 +180,8 @@ class Trainer:
         if self.reward is not None:
             self.reward.load_state_dict(state["reward"])
         set_rng_state(state["rng"])
+        if "run_stats" in state:  # absent from checkpoints of older versions
+            self.run_stats.load_state_dict(state["run_stats"])
         log.info("resumed at %d env steps, %d updates", self.progress.env_steps, self.progress.updates)
 
     def checkpoint(self) -> Path:
@@ -241,6 +250,7 @@ class Trainer:
         latest["intrinsic/nonzero_fraction"] = float(np.mean(r_int != 0))
         latest["learner/policy_lag"] = float(self.learner.updates - 1 - rollout.policy_version)
         self.stats.latest = latest
+        self.run_stats.record(rollout.captions, rollout.caption_counts, rollout.dones, rollout.env_rewards, r_int)
 
     def _report(self, started: float, steps_at_start: int) -> None:
         figures = self.stats.summary()
@@ -248,6 +258,7 @@ class Trainer:
         figures["throughput/env_steps_per_s"] = (self.progress.env_steps - steps_at_start) / elapsed
         if self.reward is not None:
             figures.update(self.reward.metrics())
+        figures.update(self.run_stats.diagnose(self.reward).figures())
         if self.tensorboard is not None:
             for key, value in figures.items():
                 self.tensorboard.add_scalar(key, value, self.progress.env_steps)
