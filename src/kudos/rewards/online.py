@@ -93,8 +93,9 @@ class RewardConfig:
     ``pair_sampling``: which pairs ranking asks about: ``"oni"`` (10 pairs per update drawn from
     every 10th caption seen, so frequent captions weigh more, while the LLM queue is short) or
     ``"per_new_caption"`` (each new distinct caption paired once with an earlier one).
-    ``classifier``/``ranker``: network and optimisation settings of the learned models (e.g. ``reward.classifier.channels=64 reward.classifier.average=0``: a narrower
-    classifier scored with its latest weights, faster on captions not yet cached and a little
+    ``classifier``/``ranker``: network and optimisation settings of the learned models (e.g.
+    ``reward.classifier.channels=64 reward.classifier.average=0``: a narrower classifier scored
+    with its latest weights, faster on captions not yet cached and a little
     less accurate on unseen ones; see docs/rewards.md).
     """
 
