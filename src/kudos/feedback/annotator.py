@@ -462,6 +462,11 @@ class Annotator:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                # Its batch is still with the LLM (a slow or busy model): the backend and store
+                # must outlive it, so wait rather than let the caller free them under it.
+                log.warning("annotator: waiting for the LLM batch in flight (more than %.0f s)", timeout)
+                self._thread.join()
             self._thread = None
         self._write([])  # a last try for records a store fault held back
 

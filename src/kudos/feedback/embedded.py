@@ -265,7 +265,10 @@ class EmbeddedLLM:
             self._llm.n_tokens = 0
 
     def close(self) -> None:
-        self._llm.close()
+        """Free the model, after the batch another thread may be answering (freeing it under a
+        running ``decode`` crashes the process)."""
+        with self._lock:
+            self._llm.close()
 
     def _answer(self, request: LLMRequest) -> LLMReply:
         start = time.perf_counter()
