@@ -147,6 +147,29 @@ class RewardConfig:
         )
 
 
+def _new_model(kind: str, config: RewardConfig, goal: str) -> RewardModel:
+    """An untrained reward model of one member ``kind`` (offline Motif's is a ranker)."""
+    if kind == "cosine":
+        return EmbeddingCosineReward(GOALS[goal])
+    if kind == "retrieval":
+        return RetrievalReward()
+    if kind == "classification":
+        return ClassifierReward(config.classifier)
+    return RankerReward(config.ranker)
+
+
+def scoring_model(config: RewardConfig, goal: str) -> RewardModel:
+    """The reward model ``config`` describes, with no LLM, label store or trainer behind it: load
+    a run's checkpointed ``reward["model"]`` state into it to score captions offline (``kudos
+    report``). ``goal``: the task's goal preset, used when ``config.goal`` is None."""
+    if config.type == "none":
+        raise ConfigError("reward type 'none' has no reward model")
+    goal = config.goal or goal
+    if config.type != "ensemble":
+        return _new_model(config.type, config, goal)
+    return EnsembleReward([_new_model(t, config, goal) for t in config.member_types], k=config.ensemble_k)
+
+
 class IntrinsicReward:
     """The intrinsic-reward service of one run (see the module docstring). Built stopped: call
     :meth:`start` (after :meth:`load_state_dict` when resuming), and :meth:`close` at the end.
@@ -214,17 +237,12 @@ class IntrinsicReward:
         return self.annotators[kind]
 
     def _build(self, kind: str) -> RewardModel:
-        if kind == "cosine":
-            return EmbeddingCosineReward(GOALS[self.goal])
         if kind == "motif":
             return self._offline_motif()
-        model: RewardModel
-        if kind == "retrieval":
-            model, question = RetrievalReward(), "classify"
-        elif kind == "classification":
-            model, question = ClassifierReward(self.config.classifier), "classify"
-        else:
-            model, question = RankerReward(self.config.ranker), "rank"
+        model = _new_model(kind, self.config, self.goal)
+        if kind == "cosine":
+            return model
+        question = "rank" if kind == "ranking" else "classify"
         # The classifier learns from the LLM's answer probabilities (soft labels, where stored);
         # retrieval and ranking keep its answers.
         soft = kind == "classification"
