@@ -18,7 +18,6 @@ from kudos.integrations.rllib import (  # noqa: E402
     IntrinsicRewardConnector,
     NetHackRLModule,
     RLlibNetHackEnv,
-    SnapshotScorer,
     model_version,
     scoring_snapshot,
 )
@@ -81,14 +80,16 @@ def _episodes(rewards: np.ndarray, dones: np.ndarray, infos: list[list[dict]]) -
     return chunks
 
 
-def test_connector_rewards_equal_kudos_shaping_on_a_recorded_rollout() -> None:
+@pytest.mark.parametrize("skip_empty", [False, True])
+def test_connector_rewards_equal_kudos_shaping_on_a_recorded_rollout(skip_empty: bool) -> None:
     rewards, captions, counts, dones, infos = _record_rollout()
-    assert len({c for row in captions for c in row}) > 3 and dones.any()  # a rollout worth checking
+    flat = [c for row in captions for c in row]
+    assert len(set(flat)) > 3 and "" in flat and dones.any()  # a rollout worth checking
     model = _fitted_classifier()
     shaping = ShapingConfig(c_ext=0.5, c_int=0.4, beta=3.0, intrinsic=NormalizerConfig(normalize=True))
-    expected, _ = shaped_rewards(SnapshotScorer(model), RewardShaper(shaping, B), rewards, captions, counts, dones)
+    expected, _ = shaped_rewards(model, RewardShaper(shaping, B), rewards, captions, counts, dones, skip_empty)
 
-    connector = IntrinsicRewardConnector(shaping=shaping, scorer=SnapshotScorer(scoring_snapshot(model)))
+    connector = IntrinsicRewardConnector(shaping=shaping, skip_empty_caption=skip_empty, scorer=scoring_snapshot(model))
     episodes = _episodes(rewards, dones, infos)
     connector(rl_module=None, batch={}, episodes=episodes)
     got = {}
@@ -105,7 +106,7 @@ def test_connector_rewards_equal_kudos_shaping_on_a_recorded_rollout() -> None:
     np.testing.assert_allclose(got_array, expected, atol=1e-6)
     # The statistics moved as kudos's do: one update with every step of the batch.
     reference = RewardShaper(shaping, B)
-    shaped_rewards(SnapshotScorer(model), reference, rewards, captions, counts, dones)
+    shaped_rewards(model, reference, rewards, captions, counts, dones, skip_empty)
     assert connector.shaper.normalizer.stats.count == pytest.approx(reference.normalizer.stats.count)
     assert connector.shaper.normalizer.stats.mean == pytest.approx(reference.normalizer.stats.mean, abs=1e-9)
 
@@ -122,8 +123,6 @@ def test_snapshot_scores_like_the_model_and_holds_no_training_state() -> None:
     assert model_version(model) != before
     # A snapshot stays as it was when the model trains on.
     np.testing.assert_allclose(snapshot(captions), scoring_snapshot(scoring_snapshot(snapshot))(captions), atol=1e-6)
-    # The empty caption earns nothing, as in kudos's IntrinsicReward.
-    assert SnapshotScorer(snapshot)([""])[0] == 0.0
 
 
 def test_module_runs_kudos_policy_with_state_and_target() -> None:

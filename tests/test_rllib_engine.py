@@ -38,3 +38,11 @@ def test_rllib_engine_without_ray_is_one_line_with_the_install_command(no_ray: N
 def test_kudos_engine_is_left_to_the_native_trainer(no_ray: None) -> None:
     assert run_engine(_args(), load_config(None, [])) is None
     assert _args().engine == "kudos" and _args().env_runners == 2
+
+
+def test_kudos_train_engine_rllib_without_ray(no_ray: None, tmp_path: object, capsys: pytest.CaptureFixture[str]) -> None:
+    from kudos.cli import main
+
+    assert main(["train", "--engine", "rllib", "--reward", "none", "--steps", "10", "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"kudos: error: the rllib engine needs Ray RLlib, which is not installed: {RAY_INSTALL}"

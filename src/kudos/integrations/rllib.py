@@ -179,26 +179,6 @@ def model_version(model: RewardModel) -> Any:
     return 0
 
 
-class SnapshotScorer(RewardModel):
-    """A snapshot as the connector scores with it: the same rule as
-    :meth:`IntrinsicReward.__call__` (which it calls, so the rule lives in one place)."""
-
-    def __init__(self, model: RewardModel) -> None:
-        self.model = model
-
-    def __call__(self, captions: Sequence[str]) -> np.ndarray:
-        return IntrinsicReward.__call__(self, captions)  # type: ignore[arg-type]
-
-    def fit(self, labels: Any) -> None:
-        raise ConfigError("a reward-model snapshot only scores; the RewardService trains the model")
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.model.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state)
-
-
 # --- the reward service -------------------------------------------------------------------------
 
 
@@ -225,7 +205,7 @@ class RewardService:
         self.epoch = uuid.uuid4().hex
         self.version = 0
         self._model_key: Any = object()
-        self._snapshot: SnapshotScorer | None = None
+        self._snapshot: RewardModel | None = None
 
     @classmethod
     def start(cls, settings: dict[str, Any], state: list[Any] | None = None) -> Any:
@@ -235,15 +215,15 @@ class RewardService:
         return actor.remote(settings["reward"], settings["llm"], settings["goal"], settings.get("trainer"), state)
 
     def submit(self, captions: list[str]) -> None:
-        """Hand captions to the annotators (known ones are skipped there)."""
+        """Hand a batch's captions (repeats included) to the annotators, as kudos's learner does."""
         self.reward.submit(captions)
 
-    def snapshot_since(self, epoch: str | None, version: int) -> tuple[str, int, SnapshotScorer] | None:
+    def snapshot_since(self, epoch: str | None, version: int) -> tuple[str, int, RewardModel] | None:
         """The newest snapshot if it is newer than (``epoch``, ``version``), else None."""
         key = model_version(self.reward.model)
         if key != self._model_key:
             self._model_key = key
-            self._snapshot = SnapshotScorer(scoring_snapshot(self.reward.model))
+            self._snapshot = scoring_snapshot(self.reward.model)
             self.version += 1
         if epoch == self.epoch and version >= self.version:
             return None
@@ -270,32 +250,32 @@ class IntrinsicRewardConnector(ConnectorV2):
     Per batch: reward t of an episode pairs with the caption and episode count the env returned
     with action t (``infos[t + 1]``; ``infos[0]`` is the reset's), and the batch is shaped in one
     :func:`~kudos.rewards.wrapper.shaped_rewards` call (one update of the normalisation
-    statistics per batch, as kudos's learner makes per rollout). New captions go to the
-    :class:`RewardService` without waiting; a newer snapshot is asked for in the background and
-    used from the batch after it arrived.
+    statistics per batch, as kudos's learner makes per rollout). The batch's captions go to the
+    :class:`RewardService` without waiting (all of them, repeats included, as kudos's learner
+    submits them: ranking samples pairs by frequency); a newer snapshot is asked for in the
+    background and used from the batch after it arrived.
 
     Args:
         shaping: the run's shaping coefficients (``reward.shaping(task coefficient)``).
+        skip_empty_caption: ``""`` earns 0 (``reward.skip_empty_caption``; ONI scores it).
         scorer: the reward model to start with (the service's first snapshot); None scores 0
             until one arrives (and is what ``reward.type=none`` uses).
     """
 
-    #: Captions remembered as already submitted (then forgotten: the annotator skips known ones anyway).
-    SUBMITTED_LIMIT = 100_000
-
     def __init__(self, input_observation_space: Any = None, input_action_space: Any = None, *,
-                 shaping: ShapingConfig, scorer: RewardModel | None = None, **kwargs: Any) -> None:
+                 shaping: ShapingConfig, skip_empty_caption: bool = False, scorer: RewardModel | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(input_observation_space, input_action_space, **kwargs)
         if shaping.episode_cap is not None:
             raise ConfigError("reward.episode_cap is not supported by the rllib engine; leave it unset")
         self.shaper = RewardShaper(shaping, num_envs=1)
+        self.skip_empty_caption = skip_empty_caption
         self.scorer = scorer
         self.service: Any = None
         self.epoch: str | None = None
         self.version = 0
         self.faults = 0  # failed calls to the service (it is restarted by Ray; training goes on)
         self._pending: Any = None
-        self._submitted: set[str] = set()
 
     def attach(self, service: Any, snapshot: tuple[str, int, RewardModel] | None) -> None:
         """Use ``service`` (a :class:`RewardService` actor) from now on, starting with ``snapshot``."""
@@ -322,15 +302,8 @@ class IntrinsicRewardConnector(ConnectorV2):
         self._pending = self.service.snapshot_since.remote(self.epoch, self.version)
 
     def _submit(self, captions: list[str]) -> None:
-        if self.service is None:
-            return
-        new = [c for c in dict.fromkeys(captions) if c and c not in self._submitted]
-        if not new:
-            return
-        if len(self._submitted) + len(new) > self.SUBMITTED_LIMIT:
-            self._submitted.clear()
-        self._submitted.update(new)
-        self.service.submit.remote(new)  # fire and forget: a lost call only delays those labels
+        if self.service is not None:
+            self.service.submit.remote(captions)  # fire and forget: a lost call only delays those labels
 
     def shape(self, episodes: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
         """Shaped rewards for ``episodes`` (written into them), concatenated in episode order,
@@ -349,7 +322,8 @@ class IntrinsicRewardConnector(ConnectorV2):
             r_int = np.zeros_like(r_env)
             total = self.shaper(r_env, r_int, counts, ends)
         else:
-            total, r_int = shaped_rewards(self.scorer, self.shaper, r_env, captions, counts, ends)
+            total, r_int = shaped_rewards(self.scorer, self.shaper, r_env, captions, counts, ends,
+                                          self.skip_empty_caption)
         offsets = np.cumsum([0, *lengths])
         for episode, start, stop in zip(episodes, offsets[:-1], offsets[1:]):
             episode.set_rewards(new_data=total[start:stop, 0])
@@ -487,7 +461,8 @@ def appo_config(config: KudosConfig, num_env_runners: int = 2, envs_per_runner: 
         .env_runners(num_env_runners=num_env_runners, num_envs_per_env_runner=per_runner,
                      rollout_fragment_length=appo.rollout)
         .learners(num_learners=0, num_aggregator_actors_per_learner=0,
-                  learner_connector=lambda obs_space, act_space: IntrinsicRewardConnector(shaping=shaping),
+                  learner_connector=lambda obs_space, act_space: IntrinsicRewardConnector(
+                      shaping=shaping, skip_empty_caption=config.reward.skip_empty_caption),
                   learner_config_dict={SETTINGS_KEY: settings})
         .rl_module(rl_module_spec=RLModuleSpec(
             module_class=NetHackRLModule, model_config={"policy": config.run.policy, "max_seq_len": appo.recurrence},
