@@ -115,3 +115,24 @@ def test_kudos_appo_labels_snapshots_checkpoints_and_survives_kills(cluster: Non
         assert len({r.caption for r in stored}) == len(stored)
     finally:
         restored.stop()
+
+
+def test_kudos_train_engine_rllib_runs_and_resumes(cluster: None, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from kudos.cli import main
+
+    output = tmp_path / "run"
+    common = ["--engine", "rllib", "--reward", "none", "--num-envs", "2", "--set", "env.max_episode_steps=40"]
+    assert main(["train", *common, "--steps", "300", "--output", str(output)]) == 0
+    assert (output / "config.yaml").is_file() and (output / "rllib_checkpoint").is_dir()
+    def steps(out: str, prefix: str) -> list[int]:
+        return [int(line.split()[1].split("/")[0].replace(",", "")) for line in out.splitlines()
+                if line.startswith(prefix)]
+
+    first = capsys.readouterr().out
+    (trained,) = steps(first, "done:")
+    assert trained >= 300
+    assert main(["train", "--engine", "rllib", "--resume", str(output), "--steps", "900"]) == 0
+    second = capsys.readouterr().out
+    # The resumed run counts on from the checkpoint's steps, to the new total.
+    assert steps(second, "steps ")[0] > trained and steps(second, "done:")[0] >= 900
