@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import threading
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -206,6 +207,7 @@ class RewardService:
         self.version = 0
         self._model_key: Any = object()
         self._snapshot: RewardModel | None = None
+        self._snapshot_lock = threading.Lock()  # the actor serves a few calls at once (max_concurrency)
 
     @classmethod
     def start(cls, settings: dict[str, Any], state: list[Any] | None = None) -> Any:
@@ -220,15 +222,16 @@ class RewardService:
 
     def snapshot_since(self, epoch: str | None, version: int) -> tuple[str, int, RewardModel] | None:
         """The newest snapshot if it is newer than (``epoch``, ``version``), else None."""
-        key = model_version(self.reward.model)
-        if key != self._model_key:
-            self._model_key = key
-            self._snapshot = scoring_snapshot(self.reward.model)
-            self.version += 1
-        if epoch == self.epoch and version >= self.version:
-            return None
-        assert self._snapshot is not None
-        return self.epoch, self.version, self._snapshot
+        with self._snapshot_lock:
+            key = model_version(self.reward.model)
+            if key != self._model_key:
+                self._snapshot = scoring_snapshot(self.reward.model)
+                self._model_key = key
+                self.version += 1
+            if epoch == self.epoch and version >= self.version:
+                return None
+            assert self._snapshot is not None
+            return self.epoch, self.version, self._snapshot
 
     def metrics(self) -> dict[str, float]:
         return {**self.reward.metrics(), "reward_service/snapshot_version": float(self.version)}
