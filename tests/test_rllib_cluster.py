@@ -99,6 +99,8 @@ def test_kudos_appo_labels_snapshots_checkpoints_and_survives_kills(cluster: Non
         runner_pids = restored.env_runner_group.foreach_env_runner(lambda r: os.getpid(), local_env_runner=False)
         os.kill(runner_pids[0], signal.SIGKILL)
         epoch = _on_learner(restored, lambda c: c.epoch)
+        with open_store(store) as s:
+            labelled_before_kill = {r.caption for r in s.iter_all()}
         os.kill(_service(restored, lambda s: os.getpid()), signal.SIGKILL)
         killed_at = time.time()
         results = _train_until(restored, lambda r: env_steps_trained(r) > steps + 200
@@ -113,6 +115,7 @@ def test_kudos_appo_labels_snapshots_checkpoints_and_survives_kills(cluster: Non
         asked = metrics["classify"].llm_requests - metrics["classify"].parse_failures  # less the re-asks
         assert asked == sum(r.timestamp > killed_at for r in stored) > 0
         assert len({r.caption for r in stored}) == len(stored)
+        assert labelled_before_kill <= {r.caption for r in stored}  # nothing labelled was lost
     finally:
         restored.stop()
 
