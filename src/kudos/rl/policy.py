@@ -57,8 +57,10 @@ class PolicyConfig:
     hidden_size: int = 128  # encoder output, GRU input and GRU state size (H)
 
 
-#: Named sizes: "small" (default, CPU) and "baseline" (close to the sample-factory NetHack
-#: baselines: 12x12 crop, 128-wide blstats and message codes, 512-unit GRU).
+#: Named sizes: "small" (default, CPU), "baseline" (close to the sample-factory NetHack
+#: baselines: 12x12 crop, 128-wide blstats and message codes, 512-unit GRU) and "gpu" (the
+#: baseline with the crop encoder as wide as ONI's pixel encoder: 32-64-128 conv channels into a
+#: 512-wide code; for a learner on a GPU).
 POLICY_PRESETS: dict[str, PolicyConfig] = {
     "small": PolicyConfig(),
     "baseline": PolicyConfig(
@@ -66,6 +68,18 @@ POLICY_PRESETS: dict[str, PolicyConfig] = {
         char_embedding_dim=32,
         color_embedding_dim=8,
         crop_channels=(32, 64, 64),
+        crop_hidden=512,
+        blstats_hidden=128,
+        message_embedding_dim=32,
+        message_channels=64,
+        message_hidden=128,
+        hidden_size=512,
+    ),
+    "gpu": PolicyConfig(
+        crop_size=12,
+        char_embedding_dim=32,
+        color_embedding_dim=8,
+        crop_channels=(32, 64, 128),
         crop_hidden=512,
         blstats_hidden=128,
         message_embedding_dim=32,
