@@ -109,9 +109,10 @@ class SampleBatch:
     came (shape them and replace them before training on another reward). The numpy arrays are
     CPU copies: ``env_rewards`` ``(T, B)``, ``dones`` ``(T+1, B)``, ``caption_counts`` ``(T, B)``,
     ``env_ids`` ``(B,)`` (the run-wide env index of each column, so per-env state lines up across
-    batches). ``captions``: T lists of B strings. ``policy_lag``: per slot, how many versions the
-    oldest policy that acted in it was behind the newest published when the batch was made.
-    ``episodes``: episodes that ended in these slots (and in dropped ones).
+    batches); ``versions`` ``(T, B)``: the policy version that chose each action. ``captions``: T
+    lists of B strings. ``slots``: the slot indices the batch came from; ``policy_lag``: per slot,
+    how many versions the oldest policy that acted in it was behind the newest published when the
+    batch was made. ``episodes``: episodes that ended in these slots (and in dropped ones).
     """
 
     batch: RolloutBatch
@@ -120,6 +121,8 @@ class SampleBatch:
     caption_counts: np.ndarray
     captions: list[list[str]]
     env_ids: np.ndarray
+    versions: np.ndarray
+    slots: np.ndarray
     policy_lag: np.ndarray
     episodes: list[EpisodeSummary] = field(default_factory=list)
 
@@ -323,6 +326,8 @@ class Sampler:
             caption_counts=columns(arrays["caption_counts"]),
             captions=[captions[t * B : (t + 1) * B] for t in range(T)],
             env_ids=arrays["env_ids"][slots].reshape(B),
+            versions=np.repeat(arrays["versions"][slots].T, self.layout.envs, axis=1),
+            slots=slots,
             policy_lag=lags,
             episodes=episodes,
         )

@@ -335,14 +335,18 @@ def rollout_worker(
                     return
                 _step_half(buffers, half, truncated_captions)
                 if half.t == T:
+                    # The bootstrap row starts the next slot: keep it, then hand the slot over
+                    # before waiting for the next one (a worker needs no slot beyond its credit).
+                    last = {key: buffers.obs(key)[half.slot, T].copy() for key in POLICY_OBSERVATION_KEYS}
+                    last_dones = arrays["dones"][half.slot, T].copy()
+                    conn.send((half.slot, half.episodes, truncated_captions[0]))
+                    half.episodes, truncated_captions[0] = [], 0
                     slot = _next_slot(conn, control)
                     if slot is None:
                         return
-                    for key in POLICY_OBSERVATION_KEYS:  # the bootstrap row starts the next slot
-                        buffers.obs(key)[slot, 0] = buffers.obs(key)[half.slot, T]
-                    arrays["dones"][slot, 0] = arrays["dones"][half.slot, T]
-                    conn.send((half.slot, half.episodes, truncated_captions[0]))
-                    half.episodes, truncated_captions[0] = [], 0
+                    for key in POLICY_OBSERVATION_KEYS:
+                        buffers.obs(key)[slot, 0] = last[key]
+                    arrays["dones"][slot, 0] = last_dones
                     _start_slot(buffers, control, half, slot)
                 actor.request(half.index, half.slot, half.t)
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
