@@ -20,6 +20,7 @@ from kudos.rl.appo import APPOConfig
 from kudos.rl.learner import Learner
 from kudos.rl.policy import NetHackPolicy, get_policy_config
 from kudos.rl.sampler import Sampler, SamplerConfig, resolve_device
+from test_vector import _alive
 
 POLICY = get_policy_config("small")
 T = 4
@@ -29,15 +30,6 @@ def _config(**overrides) -> SamplerConfig:
     settings = dict(num_workers=2, envs_per_worker=2, rollout=T, batch_slots=2, seed=0)
     settings.update(overrides)
     return SamplerConfig(**settings)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as f:  # a zombie has exited
-        return f.read().split()[2] != "Z"
 
 
 def _wait_gone(pids: list[int], seconds: float = 15.0) -> list[int]:

@@ -21,6 +21,7 @@ drove the core into saturation early in training, after which it stopped telling
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Mapping, NamedTuple
 
@@ -59,7 +60,7 @@ class PolicyConfig:
 
 #: Named sizes: "small" (default, CPU), "baseline" (close to the sample-factory NetHack
 #: baselines: 12x12 crop, 128-wide blstats and message codes, 512-unit GRU) and "gpu" (the
-#: baseline with the crop encoder as wide as ONI's pixel encoder: 32-64-128 conv channels into a
+#: baseline with the crop encoder as wide as ONI's pixel encoder, 32-64-128 conv channels into a
 #: 512-wide code; for a learner on a GPU).
 POLICY_PRESETS: dict[str, PolicyConfig] = {
     "small": PolicyConfig(),
@@ -75,19 +76,8 @@ POLICY_PRESETS: dict[str, PolicyConfig] = {
         message_hidden=128,
         hidden_size=512,
     ),
-    "gpu": PolicyConfig(
-        crop_size=12,
-        char_embedding_dim=32,
-        color_embedding_dim=8,
-        crop_channels=(32, 64, 128),
-        crop_hidden=512,
-        blstats_hidden=128,
-        message_embedding_dim=32,
-        message_channels=64,
-        message_hidden=128,
-        hidden_size=512,
-    ),
 }
+POLICY_PRESETS["gpu"] = dataclasses.replace(POLICY_PRESETS["baseline"], crop_channels=(32, 64, 128))
 
 
 class PolicyOutput(NamedTuple):
