@@ -41,14 +41,14 @@ def test_value_loss_hand_case():
     values = torch.tensor([1.0, 2.0], requires_grad=True)
     behaviour_values = torch.tensor([0.0, 2.0])
     targets = torch.tensor([3.0, 1.0])
-    # Unclipped: 0.5 * mean((1 - 3)^2, (2 - 1)^2) = 0.5 * (4 + 1) / 2
-    assert value_loss(values, behaviour_values, targets, None).item() == pytest.approx(1.25)
+    # Unclipped: mean((1 - 3)^2, (2 - 1)^2) = (4 + 1) / 2, with no 1/2 in front (sample-factory).
+    assert value_loss(values, behaviour_values, targets, None).item() == pytest.approx(2.5)
     # Clip 0.5: V0 is kept at 0 + 0.5; its error (0.5 - 3)^2 = 6.25 exceeds 4, so it counts.
     loss = value_loss(values, behaviour_values, targets, 0.5)
-    assert loss.item() == pytest.approx(0.5 * (6.25 + 1.0) / 2)
+    assert loss.item() == pytest.approx((6.25 + 1.0) / 2)
     loss.backward()
     # V0 lies past the clip, so the pessimistic branch is constant in it; V1 moves freely.
-    torch.testing.assert_close(values.grad, torch.tensor([0.0, 0.5]))
+    torch.testing.assert_close(values.grad, torch.tensor([0.0, 1.0]))
 
 
 def _one_step_inputs(num_actions: int = 4) -> dict[str, torch.Tensor]:
@@ -69,11 +69,11 @@ def test_appo_loss_hand_case():
     config = APPOConfig(gamma=0.9, normalize_advantages=False, value_coef=0.5, entropy_coef=0.01)
     loss, stats = appo_loss(**_one_step_inputs(), config=config)
     # The episode ends, so the bootstrap value 7 is ignored: v = r = 1, A = 1 - 0.5 = 0.5.
-    # policy loss = -1 * 0.5; value loss = 0.5 * (0.5 - 1)^2 = 0.125; entropy = log 4.
+    # policy loss = -1 * 0.5; value loss = (0.5 - 1)^2 = 0.25; entropy = log 4.
     assert stats["policy_loss"] == pytest.approx(-0.5)
-    assert stats["value_loss"] == pytest.approx(0.125)
+    assert stats["value_loss"] == pytest.approx(0.25)
     assert stats["entropy"] == pytest.approx(math.log(4))
-    assert loss.item() == pytest.approx(-0.5 + 0.5 * 0.125 - 0.01 * math.log(4))
+    assert loss.item() == pytest.approx(-0.5 + 0.5 * 0.25 - 0.01 * math.log(4))
     assert stats["target_mean"] == pytest.approx(1.0)
     assert stats["ratio_mean"] == pytest.approx(1.0)
     assert stats["approx_kl"] == pytest.approx(0.0, abs=1e-7)
@@ -118,3 +118,12 @@ def test_stats_report_off_policy_ratios():
 def test_bad_options_raise_one_line_config_errors(bad):
     with pytest.raises(ConfigError, match="appo: "):
         APPOConfig(**bad)
+
+
+def test_defaults_are_onis():
+    """ONI's scripts/main.py over sample-factory v1: gamma 0.99, entropy 0.003, value weight 0.5
+    on the plain squared error, lr 1e-4, Adam eps 1e-6, clip 0.1, value clip 1, grad norm 4."""
+    config = APPOConfig()
+    assert (config.gamma, config.entropy_coef, config.value_coef) == (0.99, 0.003, 0.5)
+    assert (config.learning_rate, config.adam_eps, config.clip_ratio, config.value_clip) == (1e-4, 1e-6, 0.1, 1.0)
+    assert (config.max_grad_norm, config.rollout, config.recurrence) == (4.0, 32, 32)

@@ -4,10 +4,17 @@ from kudos.config import EnvConfig, KudosConfig, load_config
 from kudos.errors import ConfigError
 
 
-def test_defaults():
-    config = load_config()
-    assert config == KudosConfig()
-    assert config.env.task == "Score" and config.env.max_episode_steps is None
+def test_a_saved_config_loads_back_equal(tmp_path):
+    """What resuming relies on: the YAML a run writes (every section, nested ones included) loads
+    back into the same config. Default values themselves are checked against ONI in test_fidelity."""
+    from kudos.rl.runner import resume_config, save_config
+
+    config = load_config(overrides=["env.task=Oracle", "env.macros=kudos", "reward.ranker.normalizer.threshold_value=0.25",
+                                    "reward.classifier.output=probability", "appo.value_clip=none", "run.steps=123"])
+    assert config != KudosConfig()
+    save_config(config, tmp_path)
+    assert resume_config(tmp_path, []) == config
+    assert load_config() == KudosConfig()
 
 
 def test_yaml_then_overrides(tmp_path):

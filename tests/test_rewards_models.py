@@ -112,6 +112,16 @@ def test_class_weights_scale_whole_rows_of_the_rare_class():
     torch.testing.assert_close(model.loss(texts, targets), expected)
 
 
+def test_classifier_pays_onis_binary_reward_by_default_strictly_above_the_threshold():
+    # ONI: (softmax[:, 1] > classification_threshold=0.5).float(); P = 0.5 exactly earns nothing.
+    model = ClassifierReward()
+    assert (model.config.output, model.config.threshold) == ("binary", 0.5)
+    values = np.array([0.5, np.nextafter(np.float32(0.5), np.float32(1.0)), 0.4999, 0.98], dtype=np.float32)
+    np.testing.assert_array_equal(model.to_reward(values), [0.0, 1.0, 0.0, 1.0])
+    probability = ClassifierReward(ClassifierConfig(output="probability"))
+    np.testing.assert_array_equal(probability.to_reward(values), values)
+
+
 def test_classifier_binary_output_thresholds_the_probability():
     model = ClassifierReward(ClassifierConfig(output="binary", threshold=0.5))
     model.fit(_caption_labels(range(200)), steps=150)
@@ -132,7 +142,7 @@ def test_feature_dropout_acts_in_training_only():
 
 
 def test_published_weights_are_the_moving_average_of_the_training_weights():
-    model = ClassifierReward(ClassifierConfig(seed=3, average=0.9))
+    model = ClassifierReward(ClassifierConfig(seed=3, average=0.9, output="probability"))
     model.add_labels(_caption_labels(range(40)))
     expected = [p.detach().clone() for p in model.network.parameters()]
     for step in range(1, 31):
@@ -255,8 +265,14 @@ def test_ranker_intended_normalisation_is_applied_and_published_is_raw():
     stats = intended.normalizer.stats
     z = (raw.astype(np.float64) - stats.mean) / stats.std
     np.testing.assert_allclose(stats.mean, raw.astype(np.float64).mean(), rtol=1e-3)
-    np.testing.assert_allclose(rewards, np.where(z >= 0.0, z, 0.0), rtol=1e-5, atol=1e-6)
+    # ONI's intended cut (learner.py: r̂ * (r̂ > eps_threshold_quantile), default -0.5).
+    assert intended.config.normalizer.threshold_value == -0.5 and not intended.config.normalizer.keep_equal
+    np.testing.assert_allclose(rewards, np.where(z > -0.5, z, 0.0), rtol=1e-5, atol=1e-6)
     assert (rewards == 0).sum() > 0 and (rewards > 0).sum() > 0
+    # Between -0.5 and 0 (not reached by these two well-separated classes): kept, negative.
+    fixed = RankerReward()
+    fixed.normalizer.stats.mean, fixed.normalizer.stats.var, fixed.normalizer.updating = 0.0, 1.0, False
+    np.testing.assert_allclose(fixed.to_reward(np.array([-0.6, -0.4, 0.0, 0.3])), [0.0, -0.4, 0.0, 0.3], atol=1e-6)
     # Published mode still keeps the statistics (the values it computes and drops).
     assert published.normalizer.stats.count > 1
 

@@ -50,6 +50,18 @@ def test_quantile_threshold_uses_the_recent_window_only():
     np.testing.assert_array_equal(out, [0.0, 0.0, 3.0, 4.0])  # median of [1, 2, 3, 4] is 2.5
 
 
+def test_thresholds_are_strict_unless_keep_equal():
+    # ONI and Motif keep r̂ > threshold; keep_equal (kudos's earlier ">=") also keeps r̂ == threshold.
+    # Raw values (normalize=False), so a value kept at the threshold shows; z = -1, 0, 1.
+    x = np.array([2.0, 3.0, 4.0], dtype=np.float32)
+    for keep_equal, expected in ((False, [0.0, 0.0, 4.0]), (True, [0.0, 3.0, 4.0])):
+        normalizer = Normalizer(NormalizerConfig(threshold="zscore", keep_equal=keep_equal))
+        normalizer.stats.mean, normalizer.stats.var, normalizer.updating = 3.0, 1.0, False
+        np.testing.assert_array_equal(normalizer(x), expected)
+        median = Normalizer(NormalizerConfig(threshold="quantile", threshold_value=0.5, window=3, keep_equal=keep_equal))
+        np.testing.assert_array_equal(median(x), expected)  # the median is 3
+
+
 def test_recent_window_wraps_around():
     window = RecentWindow(5)
     window.update(np.arange(3, dtype=np.float32))
@@ -74,6 +86,28 @@ def test_extrinsic_reward_is_scaled_then_clipped():
     shaper = RewardShaper(ShapingConfig(c_ext=2.0, ext_scale=0.1, ext_clip=1.0, c_int=0.0), num_envs=3)
     out = shaper(np.array([5.0, 50.0, -50.0]), np.zeros(3), np.ones(3, dtype=int), np.zeros(3, dtype=bool))
     np.testing.assert_allclose(out, [1.0, 2.0, -2.0])
+
+
+def test_library_wrapper_and_train_shaping_defaults_are_onis():
+    """ONI (scripts/main.py, README runs): reward_scale 1, reward_clip 10, c_llm 0.4, beta 3. The
+    library, the Gymnasium wrapper and `kudos train` must agree, so a +50 goal counts 10 before
+    c_ext in all three."""
+    from kudos.envs import get_task
+    from kudos.rewards.online import RewardConfig
+    from kudos.rewards.wrapper import IntrinsicRewardWrapper
+
+    import gymnasium as gym
+
+    from kudos.rewards import RetrievalReward
+
+    library = ShapingConfig()
+    wrapper = IntrinsicRewardWrapper(gym.make("CartPole-v1"), RetrievalReward(), caption_fn=lambda o, i: "").shaper.config
+    train = RewardConfig().shaping(get_task("StaircaseLvl3").extrinsic_coef)
+    for config in (library, wrapper, train):
+        assert (config.ext_scale, config.ext_clip, config.c_int, config.beta) == (1.0, 10.0, 0.4, 3.0)
+    assert train.c_ext == 10.0
+    goal = RewardShaper(train, num_envs=1)(np.array([50.0]), np.zeros(1), np.ones(1, dtype=int), np.zeros(1, dtype=bool))
+    np.testing.assert_allclose(goal, [100.0])  # clip(50, 10) * 10, as in ONI (kudos once paid 500)
 
 
 def test_episode_cap_limits_intrinsic_return_and_resets_at_episode_end():

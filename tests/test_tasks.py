@@ -30,10 +30,16 @@ def rules(name: str):
     return get_task(name).make_rules()
 
 
-def test_registry_has_every_task_of_the_paper():
-    assert set(TASKS) >= {
-        "Score", "Staircase", "StaircaseLvl3", "StaircaseLvl4", "Oracle", "Gold", "Eat", "Scout", "Challenge"
-    }
+@pytest.mark.parametrize(
+    "oni_env_id,extrinsic_coef",
+    # ONI's task ids and its README's extrinsic_reward_coeff per task ("0.1 for Score and 10 for the others").
+    [("NetHackScoreExtendedActions-v1", 0.1), ("NetHackStaircaseLvl3ExtendedActions-v1", 10.0),
+     ("NetHackStaircaseLvl4ExtendedActions-v1", 10.0), ("NetHackOracleExtendedActions-v1", 10.0)],
+)
+def test_onis_tasks_are_registered_with_its_extrinsic_coefficients(oni_env_id, extrinsic_coef):
+    name = oni_env_id.removeprefix("NetHack").removesuffix("ExtendedActions-v1")
+    assert name in TASKS
+    assert get_task(name).extrinsic_coef == extrinsic_coef
 
 
 @pytest.mark.parametrize("name", ["score", "NetHackScore-v0", " Score ", "SCORE"])

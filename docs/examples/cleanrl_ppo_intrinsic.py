@@ -105,7 +105,7 @@ def main() -> None:
             rows = [json.loads(line) for line in text.splitlines() if line.strip()]
             model.fit([CaptionLabel(r["caption"], float(r["soft_label"])) for r in rows], steps=args.fit_steps)
 
-        # 2. Envs: the wrapper adds c_int * P(helpful) / N_episode(caption)^3 to the scaled game reward.
+        # 2. Envs: the wrapper adds c_int * 1[P(helpful) > 0.5] / N_episode(caption)^3 to the scaled game reward.
         shaping = ShapingConfig(c_ext=1.0, ext_scale=0.1, c_int=0.1, beta=3.0)
 
         def make(i: int):

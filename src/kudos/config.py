@@ -39,6 +39,7 @@ class EnvConfig:
     num_workers: int = 2  # env worker processes
     seed: int = 0
     max_episode_steps: int | None = None  # None: the task's default
+    macros: str = "oni"  # prompt macros: "oni" (ONI's) or "kudos" (--More-- chains joined, item prompts answered)
 
 
 @dataclass
@@ -51,6 +52,36 @@ class RunConfig:
     checkpoint_every_s: float = 300.0
     log_every_s: float = 2.0  # console and TensorBoard cadence
     torch_threads: int = 1  # intra-op threads of the learner (the envs and the LLM need the rest)
+    # Recorded by `kudos train` when it starts, not options: the kudos source commit ("unknown"
+    # outside a git checkout; "A+B" for a run resumed on another commit) and uncommitted changes.
+    commit: str = ""
+    dirty: bool | None = None
+
+
+@dataclass
+class DiagnosticsConfig:
+    """Reward-hacking diagnostics: computed while training (TensorBoard ``diagnostics/*``, a warning
+    line in the live display) and in ``kudos report``. See docs/report.md.
+
+    A warning is raised when the intrinsic and extrinsic returns of the last ``window_episodes``
+    episodes correlate below ``min_return_correlation`` (the agent earns intrinsic reward at the
+    expense of the task); when the 10 captions that earned most intrinsic reward in the run earn
+    more than ``max_top10_share`` of it; when a caption is farmed: seen ``farm_min_count`` times or
+    more per episode it appears in, earning ``farm_min_reward`` or more raw intrinsic reward per
+    such episode above what the median caption earns per sighting (count x excess reward, what the
+    count exponent ``beta`` is there to stop); and when
+    the reward model disagrees with the LLM on more than ``max_disagreement`` of the last
+    ``recent_labels`` classification labels (a reward >= 0.5 counts as "helpful").
+    """
+
+    window_episodes: int = 100
+    min_episodes: int = 20  # no correlation warning from fewer episodes than this
+    min_return_correlation: float = -0.3
+    max_top10_share: float = 0.8
+    farm_min_count: float = 10.0
+    farm_min_reward: float = 5.0
+    recent_labels: int = 500
+    max_disagreement: float = 0.3
 
 
 def _appo_config() -> Any:
@@ -73,13 +104,14 @@ def _llm_config() -> Any:
 
 @dataclass
 class KudosConfig:
-    """Root of the configuration tree: ``env``, ``reward``, ``llm``, ``appo`` and ``run``."""
+    """Root of the configuration tree: ``env``, ``reward``, ``llm``, ``appo``, ``run`` and ``diagnostics``."""
 
     env: EnvConfig = field(default_factory=EnvConfig)
     reward: "RewardConfig" = field(default_factory=_reward_config)
     llm: "LLMConfig" = field(default_factory=_llm_config)
     appo: "APPOConfig" = field(default_factory=_appo_config)
     run: RunConfig = field(default_factory=RunConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
 
 
 def _lazy_types() -> dict[str, Any]:

@@ -1,16 +1,18 @@
-"""NetHack tasks with captions, the extended action set and vectorised rollout workers."""
+"""NetHack and MiniHack tasks with captions, per-task action sets and vectorised rollout workers."""
 
 from gymnasium.envs.registration import register, registry
 
 from kudos.envs.actions import ACTION_NAMES, EXTENDED_ACTIONS, NUM_ACTIONS
 from kudos.envs.captions import CaptionCounter, clean_caption, decode_caption
 from kudos.envs.nethack import DEFAULT_OBSERVATION_KEYS, EndStatus, NetHackTaskEnv, make_env
+from kudos.envs.minihack import MiniHackTaskEnv, MiniHackTaskSpec  # registers the MiniHack tasks
 from kudos.envs.tasks import TASKS, TaskRules, TaskSpec, Transition, get_task, register_task
 
-# `gymnasium.make("kudos/Score-v0")` etc., for trainers that build envs by id.
+# `gymnasium.make("kudos/Score-v0")`, `gymnasium.make("kudos/MiniHack-River-v0")` etc., for
+# trainers that build envs by id.
 for _name in TASKS:
     if f"kudos/{_name}-v0" not in registry:
-        register(id=f"kudos/{_name}-v0", entry_point="kudos.envs.nethack:NetHackTaskEnv", kwargs={"task": _name})
+        register(id=f"kudos/{_name}-v0", entry_point="kudos.envs.nethack:make_env", kwargs={"task": _name})
 
 __all__ = [
     "ACTION_NAMES",
@@ -18,6 +20,8 @@ __all__ = [
     "DEFAULT_OBSERVATION_KEYS",
     "EXTENDED_ACTIONS",
     "EndStatus",
+    "MiniHackTaskEnv",
+    "MiniHackTaskSpec",
     "NUM_ACTIONS",
     "NetHackTaskEnv",
     "TASKS",

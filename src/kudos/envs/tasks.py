@@ -10,11 +10,12 @@ from __future__ import annotations
 import difflib
 import functools
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 from nle import nethack
 
+from kudos.envs.actions import EXTENDED_ACTIONS
 from kudos.errors import UnknownTaskError
 
 # A step that does not advance game time (menus, walking into walls, unknown commands) costs
@@ -152,7 +153,13 @@ class ScoutRules(TaskRules):
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """A registered task: how to build its rules and the game settings it needs."""
+    """A registered task: how to build its rules and the game settings it needs.
+
+    ``actions`` is the task's action set (NetHack key codes); the policy's output size is its
+    length. NetHack tasks use the 28-action extended set; MiniHack tasks their own smaller sets.
+    ``env_class`` builds the task's env (None: :class:`~kudos.envs.nethack.NetHackTaskEnv`); it
+    must take the spec as its first argument and be importable by name.
+    """
 
     name: str
     reward: str  # one line for `kudos tasks`
@@ -167,6 +174,15 @@ class TaskSpec:
     # the sparse goal tasks), and the goal preset of the LLM prompt.
     extrinsic_coef: float = 1.0
     goal: str = "score"
+    actions: tuple[int, ...] = EXTENDED_ACTIONS
+    # NetHack's random monster generation (MiniHack levels turn it off: only the level's monsters).
+    spawn_monsters: bool = True
+    env_class: Any = None
+
+    @property
+    def num_actions(self) -> int:
+        """Size of the task's action set (the policy's number of logits)."""
+        return len(self.actions)
 
 
 # make_rules are picklable (classes, functools.partial; no lambdas): specs are sent to spawned env workers.
@@ -231,8 +247,8 @@ def register_task(spec: TaskSpec, *, replace: bool = False) -> None:
 
 def get_task(name: str) -> TaskSpec:
     """Look a task up by name, case-insensitively; ``NetHack`` prefixes and ``-vN`` suffixes
-    (``NetHackScore-v0``) are accepted. Unknown names raise :class:`UnknownTaskError` listing
-    close matches."""
+    (``NetHackScore-v0``, ``MiniHack-River-v0``) are accepted. Unknown names raise
+    :class:`UnknownTaskError` listing close matches."""
     key = name.strip()
     if key.lower().startswith("nethack"):
         key = key[len("nethack") :]

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import gymnasium as gym
 import numpy as np
 
-from kudos.envs.nethack import DEFAULT_OBSERVATION_KEYS, NetHackTaskEnv
+from kudos.envs.nethack import DEFAULT_OBSERVATION_KEYS, make_env
 from kudos.envs.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -48,13 +48,16 @@ def _wait_for_command(conn: Connection) -> tuple[str, Any]:
 
 @dataclass
 class EpisodeSummary:
-    """One finished episode: env index, undiscounted extrinsic return, length in agent steps."""
+    """One finished episode: env index, undiscounted extrinsic return, length in agent steps, how
+    it ended, and the in-game score and dungeon depth it ended at."""
 
     env: int
     ret: float
     length: int
     end_status: int
     success: bool
+    score: int
+    depth: int
 
 
 @dataclass
@@ -104,7 +107,7 @@ def _worker(
 ) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     views = buffers.views()
-    envs = [NetHackTaskEnv(**env_kwargs) for _ in env_ids]
+    envs = [make_env(**env_kwargs) for _ in env_ids]
     for slot, env in zip(env_ids, envs):
         env.bind_observation_buffers({key: view[slot] for key, view in views.items()})
     returns = [0.0] * len(envs)
@@ -125,7 +128,10 @@ def _worker(
                     lengths[j] += 1
                     if terminated or truncated:
                         episodes.append(
-                            EpisodeSummary(slot, returns[j], lengths[j], info["end_status"], info["success"])
+                            EpisodeSummary(
+                                slot, returns[j], lengths[j], info["end_status"], info["success"],
+                                info["score"], info["depth"],
+                            )
                         )
                         returns[j], lengths[j] = 0.0, 0
                         env.reset()  # writes the next episode's first observation into the slot
@@ -172,7 +178,7 @@ class VectorNetHack:
         num_workers = min(num_envs, num_workers or mp.cpu_count())
         self.num_envs = num_envs
         self.env_kwargs = dict(env_kwargs, task=task, observation_keys=tuple(observation_keys))
-        probe = NetHackTaskEnv(**self.env_kwargs)  # validates the arguments before forking
+        probe = make_env(**self.env_kwargs)  # validates the arguments before forking
         self.single_observation_space = probe.observation_space
         self.single_action_space = probe.action_space
         probe.close()

@@ -1,4 +1,5 @@
-"""ONI-Classification: P(caption is helpful) from a small text model trained on LLM labels.
+"""ONI-Classification: a small text model of P(caption is helpful) trained on LLM labels; the
+reward is ONI's ``1[P(helpful) > 0.5]`` by default, or the probability itself.
 
 Unlike retrieval, it scores captions the LLM never saw, which is what makes it useful early in
 training and on rare messages.
@@ -23,8 +24,9 @@ class ClassifierConfig(LearnedConfig):
     """``balance``: how rare helpful captions are made to count — ``"weight"`` (positive loss
     weighted by negatives/positives; the default, tied best with ``"sample"`` on held-out captions
     in ``bench/reward_generalisation.py``), ``"sample"`` (batches half positive) or ``"none"``.
-    ``output``: reward ``"probability"`` (P(helpful)) or ``"binary"`` (1.0 when P >=
-    ``threshold``, else 0.0).
+    ``output``: reward ``"binary"`` (ONI's: 1.0 when P(helpful) > ``threshold``, strictly, else
+    0.0) or ``"probability"`` (P(helpful) itself: every caption earns some reward, and an
+    untrained model pays about 0.5 for anything).
 
     The network is wider than :class:`LearnedConfig`'s (96 channels, a 128-unit MLP) and scoring
     uses the moving average of its weights (``average=0.995``): on captions never trained on, that
@@ -37,7 +39,7 @@ class ClassifierConfig(LearnedConfig):
     hidden: int = 128
     average: float = 0.995
     balance: Literal["sample", "weight", "none"] = "weight"
-    output: Literal["probability", "binary"] = "probability"
+    output: Literal["binary", "probability"] = "binary"
     threshold: float = 0.5
 
     def __post_init__(self) -> None:
@@ -45,7 +47,7 @@ class ClassifierConfig(LearnedConfig):
         if self.balance not in ("sample", "weight", "none"):
             raise ConfigError(f"balance must be 'sample', 'weight' or 'none', got {self.balance!r}")
         if self.output not in ("probability", "binary"):
-            raise ConfigError(f"output must be 'probability' or 'binary', got {self.output!r}")
+            raise ConfigError(f"output must be 'binary' or 'probability', got {self.output!r}")
 
 
 class ClassifierReward(LearnedRewardModel):
@@ -78,5 +80,5 @@ class ClassifierReward(LearnedRewardModel):
 
     def to_reward(self, values: np.ndarray) -> np.ndarray:
         if self.config.output == "binary":
-            return (values >= self.config.threshold).astype(np.float32)
+            return (values > self.config.threshold).astype(np.float32)
         return values

@@ -86,7 +86,7 @@ class RewardConfig:
     goal: str | None = None
     c_ext: float | None = None
     ext_scale: float = 1.0
-    ext_clip: float = 100.0
+    ext_clip: float = 10.0
     c_int: float = 0.4
     beta: float = 3.0
     episode_cap: float | None = None

@@ -6,9 +6,12 @@ P(a preferred) = sigmoid(s(a) - s(b)), and the loss is the cross-entropy
 two scores together.
 
 Scores have no fixed scale, so rewards are the scores normalised by their running mean and
-standard deviation, with values below a threshold zeroed. ONI's published code computes the
-normalised, thresholded value but hands the agent the raw score; ``normalization="published"``
-reproduces that (statistics are still updated), ``"intended"`` (default) applies them.
+standard deviation, kept where that z-score is above -0.5 and zeroed elsewhere: ONI's
+``r̂ · 1[r̂ > eps_threshold_quantile]`` with its default -0.5 (a z-score despite the name), strict.
+ONI's published code computes that value but, through a variable-name typo, hands the agent the
+raw score; ``normalization="published"`` reproduces that (statistics are still updated),
+``"intended"`` (default) applies them. ``normalizer=NormalizerConfig(normalize=True,
+threshold="zscore", threshold_value=0.0, keep_equal=True)`` is kudos's earlier cut (z >= 0).
 """
 
 from __future__ import annotations
@@ -36,12 +39,12 @@ def bradley_terry_loss(first: torch.Tensor, second: torch.Tensor, preference: to
 class RankerConfig(LearnedConfig):
     """``normalization``: ``"intended"`` rewards are the normalised, thresholded scores;
     ``"published"`` rewards are the raw scores (ONI's released behaviour). ``normalizer``: the
-    running normalisation and threshold (default: z-score, zero below the running mean).
+    running normalisation and threshold (default: ONI's intended one, z-score kept where z > -0.5).
     """
 
     normalization: Literal["intended", "published"] = "intended"
     normalizer: NormalizerConfig = field(
-        default_factory=lambda: NormalizerConfig(normalize=True, threshold="zscore", threshold_value=0.0)
+        default_factory=lambda: NormalizerConfig(normalize=True, threshold="zscore", threshold_value=-0.5)
     )
 
     def __post_init__(self) -> None:

@@ -103,15 +103,18 @@ class NormalizerConfig:
     """Running normalisation and threshold of a reward stream.
 
     ``normalize``: output ``(x - mean) / std`` over all values seen so far instead of ``x``.
-    ``threshold``: ``"zscore"`` zeroes values whose z-score is below ``threshold_value``;
-    ``"quantile"`` zeroes values below the ``threshold_value`` quantile (in [0, 1]) of the last
-    ``window`` values; ``"none"`` keeps every value.
+    ``threshold``: ``"zscore"`` keeps values whose z-score is above ``threshold_value``;
+    ``"quantile"`` keeps values above the ``threshold_value`` quantile (in [0, 1]) of the last
+    ``window`` values; ``"none"`` keeps every value. The rest become 0. "Above" is strict, as in
+    ONI (``r̂ > eps_threshold_quantile``) and Motif (``r̂ > q``); ``keep_equal`` also keeps values
+    exactly at the threshold (``>=``, kudos's earlier rule).
     """
 
     normalize: bool = False
     threshold: ThresholdKind = "none"
     threshold_value: float = 0.0
     window: int = 10_000
+    keep_equal: bool = False
 
     def __post_init__(self) -> None:
         if self.threshold not in ("none", "zscore", "quantile"):
@@ -141,10 +144,11 @@ class Normalizer:
                 self.recent.update(x)
         z = (x - self.stats.mean) / self.stats.std
         out = z if cfg.normalize else x
+        above = np.greater_equal if cfg.keep_equal else np.greater
         if cfg.threshold == "zscore":
-            out = np.where(z >= cfg.threshold_value, out, 0.0)
+            out = np.where(above(z, cfg.threshold_value), out, 0.0)
         elif cfg.threshold == "quantile":
-            out = np.where(x >= self.recent.quantile(cfg.threshold_value), out, 0.0)
+            out = np.where(above(x, self.recent.quantile(cfg.threshold_value)), out, 0.0)
         return out.astype(np.float32, copy=False)
 
     def state_dict(self) -> dict[str, Any]:
@@ -160,14 +164,18 @@ class Normalizer:
 class ShapingConfig:
     """Coefficients of ``r = c_ext * clip(ext_scale * r_env) + c_int * shape(r_int) / N ** beta``.
 
-    ``episode_cap``: the most intrinsic reward (after coefficients) one episode may collect;
-    None for no cap. ``intrinsic``: the ``shape`` applied to model outputs.
+    The defaults are ONI's (``scripts/main.py`` and its README's runs): the extrinsic reward is
+    scaled by 1 and clipped at +-10 before ``c_ext`` (so a +50 goal counts 10), ``c_int`` = 0.4,
+    ``beta`` = 3; ``c_ext`` = 1 is ONI's argparse default (its runs use 0.1 on Score, 10 on the
+    goal tasks: ``kudos.envs.TaskSpec.extrinsic_coef``). ``episode_cap``: the most intrinsic
+    reward (after coefficients) one episode may collect; None for no cap. ``intrinsic``: the
+    ``shape`` applied to model outputs.
     """
 
     c_ext: float = 1.0
-    ext_scale: float = 0.1
+    ext_scale: float = 1.0
     ext_clip: float = 10.0
-    c_int: float = 0.1
+    c_int: float = 0.4
     beta: float = 3.0
     episode_cap: float | None = None
     intrinsic: NormalizerConfig = field(default_factory=NormalizerConfig)

@@ -21,10 +21,12 @@ _MAX_LOG_RATIO = math.log(20.0)
 
 @dataclass
 class APPOConfig:
-    """Hyperparameters of the APPO learner. Defaults follow the sample-factory NetHack baselines
-    of Motif/ONI where they apply (gamma, clip ratios, grad norm, Adam epsilon)."""
+    """Hyperparameters of the APPO learner. Every default is ONI's (sample-factory v1 as ONI's
+    ``scripts/main.py`` runs it: gamma 0.99, lr 1e-4, Adam epsilon 1e-6, clip 0.1, value clip 1.0,
+    value coefficient 0.5 on an un-halved squared error, entropy coefficient 0.003, grad norm 4,
+    rollout = recurrence = 32); docs/fidelity.md lists them beside ONI's."""
 
-    gamma: float = 0.999  # discount per agent step
+    gamma: float = 0.99  # discount per agent step
     rollout: int = 32  # T: steps per env in one training batch
     recurrence: int = 32  # backpropagate through at most this many steps of the GRU core
     learning_rate: float = 1e-4
@@ -32,7 +34,7 @@ class APPOConfig:
     clip_ratio: float = 0.1  # PPO clip: ratio kept in [1 / (1 + clip_ratio), 1 + clip_ratio]
     value_clip: float | None = 1.0  # max change of V from the behaviour value; None: no clipping
     value_coef: float = 0.5
-    entropy_coef: float = 0.001
+    entropy_coef: float = 0.003
     max_grad_norm: float = 4.0  # global L2 norm the gradient is clipped to; 0: no clipping
     normalize_advantages: bool = True  # zero mean, unit std over the minibatch
     vtrace_clip_rho: float = 1.0  # rho-bar, also used for the policy-gradient advantages
@@ -83,8 +85,9 @@ def clipped_surrogate(
 
 
 def value_loss(values: Tensor, behaviour_values: Tensor, targets: Tensor, clip: float | None) -> Tensor:
-    """Half mean squared error of ``values`` against ``targets``; with ``clip``, the pessimistic
-    (larger) of the errors of V and of V kept within ``clip`` of ``behaviour_values``, as in PPO.
+    """Mean squared error of ``values`` against ``targets`` (no 1/2, as in sample-factory, so
+    ``value_coef`` weighs the plain squared error); with ``clip``, the pessimistic (larger) of the
+    errors of V and of V kept within ``clip`` of ``behaviour_values``, as in PPO.
 
     All arguments ``(N...)``; ``targets`` and ``behaviour_values`` carry no gradient.
     """
@@ -92,7 +95,7 @@ def value_loss(values: Tensor, behaviour_values: Tensor, targets: Tensor, clip: 
     if clip is not None:
         clipped_values = behaviour_values + (values - behaviour_values).clamp(-clip, clip)
         error = torch.max(error, (clipped_values - targets) ** 2)
-    return 0.5 * error.mean()
+    return error.mean()
 
 
 def appo_loss(

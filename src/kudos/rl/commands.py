@@ -7,9 +7,10 @@ import sys
 import time
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from kudos.errors import KudosError
 
@@ -41,7 +42,7 @@ def register(subparsers: Any) -> None:
         help="train an agent with online intrinsic rewards from LLM feedback",
         description="Train with APPO on a NetHack task while the LLM labels captions and the reward "
         "model learns. Any option of the config tree can be set with --set section.key=value "
-        "(sections: env, reward, llm, appo, run).",
+        "(sections: env, reward, llm, appo, run, diagnostics).",
     )
     train.add_argument("--task", help="task name (see `kudos tasks`); default Score")
     train.add_argument(
@@ -89,6 +90,7 @@ def _table(progress: Any, figures: dict[str, float], total: int) -> Table:
 def run_train(args: argparse.Namespace) -> int:
     from kudos.config import load_config
     from kudos.rl.runner import Trainer, resume_config
+    from kudos.rl.runstats import warning_lines
 
     if args.resume and args.config:
         raise KudosError("--resume takes the run's own config; leave out --config (use --set to change options)")
@@ -102,11 +104,18 @@ def run_train(args: argparse.Namespace) -> int:
     interactive = console.is_terminal
     live = Live(console=console, auto_refresh=False) if interactive else None
     last_line = 0.0
+    last_warnings: list[str] = []
 
     def show(progress: Any, figures: dict[str, float]) -> None:
-        nonlocal last_line
+        nonlocal last_line, last_warnings
+        # Reward-hacking diagnostics over their thresholds: a yellow line each (printed once).
+        warnings = [f"warning: {line}" for line in warning_lines(figures, config.diagnostics)]
+        if live is None and warnings and warnings != last_warnings:
+            print("\n".join(warnings), flush=True)
+        last_warnings = warnings
         if live is not None:
-            live.update(_table(progress, figures, config.run.steps), refresh=True)
+            table = _table(progress, figures, config.run.steps)
+            live.update(Group(table, *(Text(w, style="bold yellow") for w in warnings)), refresh=True)
         elif time.monotonic() - last_line >= 10 or progress.env_steps >= config.run.steps:
             last_line = time.monotonic()
             rate = figures.get("throughput/env_steps_per_s", 0.0)

@@ -285,7 +285,7 @@ class NetHackPolicy(nn.Module):
 
     Args:
         config: network sizes.
-        num_actions: A, the size of the action set (``kudos.envs.NUM_ACTIONS``).
+        num_actions: A, the size of the task's action set (``TaskSpec.num_actions``).
     """
 
     def __init__(self, config: PolicyConfig, num_actions: int) -> None:

@@ -21,6 +21,7 @@ import copy
 import dataclasses
 import logging
 import queue
+import subprocess
 import sys
 import threading
 import time
@@ -33,7 +34,7 @@ import torch
 import yaml
 
 from kudos.config import KudosConfig, load_config
-from kudos.envs import NUM_ACTIONS, get_task
+from kudos.envs import get_task
 from kudos.envs.vector import VectorNetHack
 from kudos.errors import ConfigError
 from kudos.rewards.online import IntrinsicReward
@@ -42,6 +43,7 @@ from kudos.rl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set
 from kudos.rl.learner import Learner, RolloutBatch
 from kudos.rl.policy import NetHackPolicy, get_policy_config, obs_to_tensors
 from kudos.rl.rollout import Rollout, RolloutCollector
+from kudos.rl.runstats import RunStats
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,8 @@ class Stats:
         self.returns: deque[float] = deque(maxlen=_RECENT_EPISODES)
         self.lengths: deque[int] = deque(maxlen=_RECENT_EPISODES)
         self.successes: deque[bool] = deque(maxlen=_RECENT_EPISODES)
+        self.scores: deque[int] = deque(maxlen=_RECENT_EPISODES)
+        self.depths: deque[int] = deque(maxlen=_RECENT_EPISODES)
         self.latest: dict[str, float] = {}
 
     def summary(self) -> dict[str, float]:
@@ -76,12 +80,48 @@ class Stats:
             out["episode/return"] = float(np.mean(self.returns))
             out["episode/length"] = float(np.mean(self.lengths))
             out["episode/success_rate"] = float(np.mean(self.successes))
+            out["episode/score"] = float(np.mean(self.scores))
+            out["episode/depth"] = float(np.mean(self.depths))
         return out
 
 
 def save_config(config: KudosConfig, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / CONFIG_NAME).write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+
+
+def source_revision() -> tuple[str, bool | None]:
+    """The git commit of the kudos source that runs, and whether its tracked files differ from
+    it; ("unknown", None) outside a git checkout (an installed wheel) or without git."""
+    source = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        status = subprocess.run(
+            ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown", None
+    if commit.returncode != 0 or status.returncode != 0:
+        return "unknown", None
+    return commit.stdout.strip(), bool(status.stdout.strip())
+
+
+def record_revision(config: KudosConfig) -> None:
+    """Set ``run.commit``/``run.dirty`` to the running source; a run resumed on another commit
+    keeps both ("A+B"), and stays dirty once dirty."""
+    commit, dirty = source_revision()
+    previous = config.run.commit
+    if previous and previous != commit and not previous.endswith(f"+{commit}"):
+        log.warning("resuming a run started on commit %s with commit %s", previous, commit)
+        commit = f"{previous}+{commit}"
+    elif previous:
+        commit = previous
+    config.run.commit = commit
+    known = [d for d in (config.run.dirty, dirty) if d is not None]
+    config.run.dirty = any(known) if known else None
 
 
 def resume_config(directory: str | Path, overrides: list[str]) -> KudosConfig:
@@ -118,12 +158,16 @@ class Trainer:
         np.random.seed(config.env.seed)
 
         policy_config = get_policy_config(config.run.policy)
-        self.policy = NetHackPolicy(policy_config, NUM_ACTIONS)
+        self.policy = NetHackPolicy(policy_config, self.task.num_actions)
         self.learner = Learner(self.policy, config.appo)
         self.shaper = RewardShaper(config.reward.shaping(self.task.extrinsic_coef), config.env.num_envs)
         self.reward: IntrinsicReward | None = None
         if config.reward.type != "none":
             self.reward = IntrinsicReward(config.reward, config.llm, self.task.goal)
+        # What the run rewarded, per caption, and the reward-hacking diagnostics (kudos report).
+        self.run_stats = RunStats(config.diagnostics, config.env.num_envs)
+        if self.reward is not None and "classify" in self.reward.annotators:
+            self.run_stats.follow(self.reward.annotators["classify"])
 
         checkpoint = load_checkpoint(self.output_dir) if resume else None
         if checkpoint is not None:
@@ -136,6 +180,7 @@ class Trainer:
             num_workers=config.env.num_workers,
             seed=env_seed,
             max_episode_steps=config.env.max_episode_steps,
+            macros=config.env.macros,
         )
         self.collector = RolloutCollector(
             self.vec, copy.deepcopy(self.policy), config.appo.rollout, policy_version=self.learner.updates
@@ -156,6 +201,7 @@ class Trainer:
             "rng": rng_state(),
             "task": self.task.name,
             "reward_type": self.config.reward.type,
+            "run_stats": self.run_stats.state_dict(),
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -170,6 +216,8 @@ class Trainer:
         if self.reward is not None:
             self.reward.load_state_dict(state["reward"])
         set_rng_state(state["rng"])
+        if "run_stats" in state:  # absent from checkpoints of older versions
+            self.run_stats.load_state_dict(state["run_stats"])
         log.info("resumed at %d env steps, %d updates", self.progress.env_steps, self.progress.updates)
 
     def checkpoint(self) -> Path:
@@ -231,6 +279,8 @@ class Trainer:
             self.stats.returns.append(episode.ret)
             self.stats.lengths.append(episode.length)
             self.stats.successes.append(episode.success)
+            self.stats.scores.append(episode.score)
+            self.stats.depths.append(episode.depth)
         self.progress.episodes += len(rollout.episodes)
         latest = {f"learner/{k}": v for k, v in update_stats.items()}
         latest["reward/extrinsic_per_step"] = float(rollout.env_rewards.mean())
@@ -238,6 +288,7 @@ class Trainer:
         latest["intrinsic/nonzero_fraction"] = float(np.mean(r_int != 0))
         latest["learner/policy_lag"] = float(self.learner.updates - 1 - rollout.policy_version)
         self.stats.latest = latest
+        self.run_stats.record(rollout.captions, rollout.caption_counts, rollout.dones, rollout.env_rewards, r_int)
 
     def _report(self, started: float, steps_at_start: int) -> None:
         figures = self.stats.summary()
@@ -245,6 +296,7 @@ class Trainer:
         figures["throughput/env_steps_per_s"] = (self.progress.env_steps - steps_at_start) / elapsed
         if self.reward is not None:
             figures.update(self.reward.metrics())
+        figures.update(self.run_stats.diagnose(self.reward).figures())
         if self.tensorboard is not None:
             for key, value in figures.items():
                 self.tensorboard.add_scalar(key, value, self.progress.env_steps)
@@ -255,6 +307,7 @@ class Trainer:
         """Train until ``run.steps`` env steps; returns the final counters."""
         from torch.utils.tensorboard import SummaryWriter
 
+        record_revision(self.config)
         save_config(self.config, self.output_dir)
         self.tensorboard = SummaryWriter(str(self.output_dir / "tensorboard"))
         # The collector thread mostly waits on env-worker pipes; with the default 5 ms GIL switch

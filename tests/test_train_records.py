@@ -1,0 +1,58 @@
+"""What `kudos train` records for comparisons: per-episode score, depth and success in TensorBoard,
+the source commit in config.yaml, and a policy sized to the task's own action set."""
+
+import subprocess
+from pathlib import Path
+
+import yaml
+
+import numpy as np
+
+from kudos.config import load_config
+from kudos.envs import EndStatus, make_env
+from kudos.eval.scalars import read_scalars
+from kudos.rl.runner import Trainer, record_revision
+
+
+def test_minihack_run_records_episode_figures_and_commit(tmp_path):
+    config = load_config(
+        None,
+        [
+            "env.task=MiniHack-KeyRoom-S5", "reward.type=none", "env.num_envs=8", "env.num_workers=2",
+            "appo.rollout=16", "run.steps=2048", f"run.output_dir={tmp_path / 'run'}", "run.log_every_s=0.2",
+        ],
+    )
+    trainer = Trainer(config)
+    assert trainer.policy.actor.out_features == 10  # 8 moves, pickup, apply
+    trainer.train()
+    scalars = read_scalars(tmp_path / "run")
+    for tag in ("episode/score", "episode/depth", "episode/success_rate", "episode/return"):
+        assert tag in scalars, tag
+    # Every KeyRoom episode is on dungeon level 1 (its only level).
+    assert (scalars["episode/depth"].values == 1.0).all()
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(__file__).parent).stdout.strip()
+    assert saved["run"]["commit"] == head and isinstance(saved["run"]["dirty"], bool)
+
+
+def test_a_run_resumed_on_another_commit_keeps_both(tmp_path):
+    config = load_config(None, ["run.commit=0123abcd", "run.dirty=false"])
+    record_revision(config)
+    assert config.run.commit.startswith("0123abcd+") and config.run.commit != "0123abcd+"
+    same = load_config(None, [f"run.commit={config.run.commit}"])
+    record_revision(same)
+    assert same.run.commit == config.run.commit
+
+
+def test_a_death_reports_the_last_in_game_score_and_depth():
+    rng = np.random.default_rng(0)
+    with make_env("Score") as env:
+        env.reset(seed=0)
+        while True:
+            obs, _, terminated, truncated, info = env.step(int(rng.integers(28)))
+            if terminated or truncated:
+                break
+    assert info["end_status"] == EndStatus.DEATH
+    assert obs["blstats"].sum() == 0  # the game zeroed its bottom line
+    assert info["depth"] >= 1 and info["score"] >= 0
