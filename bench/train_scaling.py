@@ -32,13 +32,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from kudos.envs import NUM_ACTIONS, make_env
+from kudos.envs import get_task, make_env
 from kudos.rl.appo import APPOConfig
 from kudos.rl.learner import Learner, RolloutBatch
 from kudos.rl.policy import POLICY_OBSERVATION_KEYS, NetHackPolicy, get_policy_config
 from kudos.rl.sampler import Sampler, SamplerConfig, resolve_device
 
 TASK = "Score"
+NUM_ACTIONS = get_task(TASK).num_actions
 T = 32
 _STARTUP_S = 4.0  # rough per-measurement start-up, for the time estimate
 
@@ -186,7 +187,7 @@ def measure_learner(preset: str, batch_envs: int, device: torch.device, frames: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", default="1,2,4,8,15", help="W values, capped at the cores found")
-    parser.add_argument("--envs-per-worker", type=int, default=16, help="envs per process (even)")
+    parser.add_argument("--envs-per-worker", type=int, default=64, help="envs per process (even)")
     parser.add_argument("--modes", default="cuda:worker,cuda:policy-worker,cpu:worker",
                         help="DEVICE:INFERENCE pairs (DEVICE: cpu or cuda; INFERENCE: worker or policy-worker)")
     parser.add_argument("--preset", default="small", help="policy preset of the training runs")

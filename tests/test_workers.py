@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from kudos.envs import NUM_ACTIONS
+from kudos.envs import NUM_ACTIONS, get_task
 from kudos.errors import ConfigError
 from kudos.rl.appo import APPOConfig
 from kudos.rl.learner import Learner
@@ -48,7 +48,7 @@ def test_every_slot_continues_where_the_last_one_of_its_envs_stopped_and_the_lea
     with Sampler("Score", POLICY, policy.state_dict(), _config(), device=resolve_device("cpu")) as sampler:
         last_row: dict[int, np.ndarray] = {}
         seen_slots: set[int] = set()
-        for _ in range(12):
+        for _ in range(8):
             sample = sampler.next_batch(timeout=120)
             assert sample.batch.actions.shape == (T, 2) and sample.batch.obs["blstats"].shape == (T + 1, 2, 27)
             assert len(sample.captions) == T and all(len(row) == 2 for row in sample.captions)
@@ -66,7 +66,7 @@ def test_every_slot_continues_where_the_last_one_of_its_envs_stopped_and_the_lea
         sampler.pool.check()
         assert sampler.slots_dropped == 0 and sampler.worker_restarts == 0
         pids = sampler.workers.pids()
-    assert learner.updates == 12 and learner.samples == 12 * T * 2
+    assert learner.updates == 8 and learner.samples == 8 * T * 2
     assert any(not torch.equal(a, b) for a, b in zip(before, policy.parameters()))
     assert _wait_gone(pids, seconds=1.0) == []  # close() stopped them
 
@@ -124,6 +124,9 @@ def test_stale_slots_are_dropped_and_counted():
     policy = NetHackPolicy(POLICY, NUM_ACTIONS)
     with Sampler("Score", POLICY, policy.state_dict(), _config(max_policy_lag=0)) as sampler:
         sampler.next_batch(timeout=120)
+        deadline = time.time() + 120
+        while sampler.slots_delivered < 4 and time.time() < deadline:  # two full slots queued
+            time.sleep(0.05)
         sampler.publish(policy.state_dict(), 5)  # everything acted so far is now 5 versions old
         sample = sampler.next_batch(timeout=120)
         assert sampler.slots_dropped >= 1
@@ -168,3 +171,11 @@ def test_nothing_outlives_a_sigkilled_learner():
         proc.wait(timeout=10)
     assert _wait_gone(pids) == []
     assert not [name for name in os.listdir("/dev/shm") if name.startswith(f"pym-{proc.pid}-")]
+
+
+def test_workers_size_the_policy_to_the_tasks_action_set():
+    task = get_task("MiniHack-River")
+    policy = NetHackPolicy(POLICY, task.num_actions)
+    with Sampler(task.name, POLICY, policy.state_dict(), _config(num_workers=1)) as sampler:
+        sample = sampler.next_batch(timeout=120)
+        assert 0 <= int(sample.batch.actions.min()) and int(sample.batch.actions.max()) < task.num_actions

@@ -39,8 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from kudos.envs import NUM_ACTIONS, make_env
-from kudos.envs.tasks import TaskSpec
+from kudos.envs import make_env
+from kudos.envs.tasks import TaskSpec, get_task
 from kudos.envs.vector import EpisodeSummary
 from kudos.rl.policy import POLICY_OBSERVATION_KEYS, NetHackPolicy, PolicyConfig
 from kudos.rl.trajectory import TrajectoryBuffers, encode_caption
@@ -77,6 +77,13 @@ class WorkerSpec:
     @property
     def half(self) -> int:
         return self.envs_per_worker // 2
+
+    def make_policy(self) -> NetHackPolicy:
+        """An acting copy of the policy (weights come from :class:`SharedWeights`)."""
+        task = self.task if isinstance(self.task, TaskSpec) else get_task(self.task)
+        policy = NetHackPolicy(self.policy, task.num_actions)
+        policy.eval()
+        return policy
 
 
 class Control:
@@ -196,8 +203,7 @@ class _LocalActor:
     """
 
     def __init__(self, spec: WorkerSpec, weights: SharedWeights, buffers: TrajectoryBuffers, control: Control) -> None:
-        self.policy = NetHackPolicy(spec.policy, NUM_ACTIONS)
-        self.policy.eval()
+        self.policy = spec.make_policy()
         self.weights, self.buffers, self.control = weights, buffers, control
         self.version = -1
         self.cpu = torch.device("cpu")
@@ -284,7 +290,10 @@ def _step_half(buffers: TrajectoryBuffers, half: _Half, truncated_captions: list
         done = terminated or truncated
         if done:
             half.episodes.append(
-                EpisodeSummary(int(half.env_ids[j]), float(half.returns[j]), int(half.lengths[j]), info["end_status"], info["success"])
+                EpisodeSummary(
+                    int(half.env_ids[j]), float(half.returns[j]), int(half.lengths[j]), info["end_status"],
+                    info["success"], info["score"], info["depth"],
+                )
             )
             half.returns[j], half.lengths[j] = 0.0, 0
             obs, _ = env.reset()
@@ -375,8 +384,7 @@ def policy_worker(
     _die_with_parent()
     torch.set_num_threads(threads)
     dev = torch.device(device)
-    policy = NetHackPolicy(spec.policy, NUM_ACTIONS).to(dev)
-    policy.eval()
+    policy = spec.make_policy().to(dev)
     version = -1
     backoff = _Backoff()
     while not control.stop[0]:
