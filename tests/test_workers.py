@@ -32,7 +32,7 @@ def _config(**overrides) -> SamplerConfig:
     return SamplerConfig(**settings)
 
 
-def _wait_gone(pids: list[int], seconds: float = 15.0) -> list[int]:
+def _wait_gone(pids: list[int], seconds: float = 30.0) -> list[int]:
     deadline = time.time() + seconds
     while time.time() < deadline and any(_alive(p) for p in pids):
         time.sleep(0.1)
@@ -48,7 +48,8 @@ def test_every_slot_continues_where_the_last_one_of_its_envs_stopped_and_the_lea
     with Sampler("Score", POLICY, policy.state_dict(), _config(), device=resolve_device("cpu")) as sampler:
         last_row: dict[int, np.ndarray] = {}
         seen_slots: set[int] = set()
-        for _ in range(8):
+        deadline = time.time() + 120
+        while learner.updates < 8 or (len(last_row) < 4 and time.time() < deadline):  # every env delivers
             sample = sampler.next_batch(timeout=120)
             assert sample.batch.actions.shape == (T, 2) and sample.batch.obs["blstats"].shape == (T + 1, 2, 27)
             assert len(sample.captions) == T and all(len(row) == 2 for row in sample.captions)
@@ -66,7 +67,7 @@ def test_every_slot_continues_where_the_last_one_of_its_envs_stopped_and_the_lea
         sampler.pool.check()
         assert sampler.slots_dropped == 0 and sampler.worker_restarts == 0
         pids = sampler.workers.pids()
-    assert learner.updates == 8 and learner.samples == 8 * T * 2
+    assert learner.samples == learner.updates * T * 2
     assert any(not torch.equal(a, b) for a, b in zip(before, policy.parameters()))
     assert _wait_gone(pids, seconds=1.0) == []  # close() stopped them
 

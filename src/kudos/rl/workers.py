@@ -20,7 +20,8 @@ at any instant cannot leave a lock held or half a message in a channel others us
 of every half lives there too, so whoever computes a half's next action finds it.
 
 Workers get SIGTERM when the thread that started them dies (``PR_SET_PDEATHSIG``) and exit
-cleanly on it, so a ``SIGKILL`` of the learner leaves no worker behind; they ignore SIGINT so
+cleanly on it, and every wait also checks that the parent still exists, so a ``SIGKILL`` of the
+learner leaves no worker behind; they ignore SIGINT so
 Ctrl-C reaches the learner, which stops them. :class:`WorkerSet` starts, restarts and stops the processes; the slot bookkeeping is the
 learner side's (:class:`~kudos.rl.sampler.Sampler`).
 """
@@ -134,17 +135,27 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(0)  # unwinds through ``finally``: the games close and delete their files
 
 
+_parent = 0  # the pid of the process that started this one, in a worker
+
+
 def _die_with_parent() -> None:
     """Get SIGTERM when the thread that started this process dies (Linux), exit cleanly on it,
     and ignore Ctrl-C (the learner stops the workers)."""
-    parent = os.getppid()
+    global _parent
+    _parent = os.getppid()
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: the workers notice through their pipe
+    except (OSError, AttributeError):  # not Linux: the waits below notice instead
         log.debug("PR_SET_PDEATHSIG unavailable")
-    if os.getppid() != parent:  # the parent died before the prctl took effect
+    _exit_if_orphaned()
+
+
+def _exit_if_orphaned() -> None:
+    """Exit if the parent is gone. The parent-death signal alone was seen to miss a worker now
+    and then on a loaded VM, so every wait also checks."""
+    if os.getppid() != _parent:
         raise SystemExit(1)
 
 
@@ -161,6 +172,7 @@ class _Backoff:
         if now - self.since < _SPIN_SECONDS:
             os.sched_yield()
         else:
+            _exit_if_orphaned()
             time.sleep(_NAP_SECONDS)
 
     def reset(self) -> None:
@@ -266,6 +278,7 @@ def _next_slot(conn: Connection, control: Control) -> int | None:
     while not conn.poll(0.1):
         if control.stop[0]:
             return None
+        _exit_if_orphaned()
     slot = conn.recv()
     return None if slot < 0 else int(slot)
 
