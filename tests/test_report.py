@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from kudos.cli import main
+from kudos.envs import get_task
+from kudos.rewards.online import RewardConfig, scoring_model
 from kudos.feedback.store import open_store
 from kudos.rl.checkpoint import load_checkpoint
 
@@ -57,12 +59,17 @@ def test_the_report_works_in_headless_chromium(run: Path, tmp_path: Path) -> Non
         pytest.skip(f"chromium is not installed at {CHROMIUM} (Debian package chromium)")
     html = tmp_path / "report.html"
     assert main(["report", str(run), "--output", str(html)]) == 0
-    stats = load_checkpoint(run)["run_stats"]
+    checkpoint = load_checkpoint(run)
+    stats = checkpoint["run_stats"]
     prompt_hash, model_id = stats["label_key"]
     with open_store(run.parent / "labels.sqlite") as store:
         labelled = store.get_many(prompt_hash, model_id, stats["captions"])
     assert labelled, "the run got no label from the LLM"
     caption, record = next(iter(labelled.items()))
+    # The final model's reward of that caption, from the checkpoint alone (no LLM, no store).
+    final_model = scoring_model(RewardConfig(), get_task("Score").goal)
+    final_model.load_state_dict(checkpoint["reward"]["model"])
+    final_reward = float(final_model([caption])[0])
     steps = [json.loads(line) for line in (run / "episodes" / "episode_0.jsonl").read_text().splitlines()][1:-1]
 
     with sync_playwright() as p:
@@ -89,7 +96,8 @@ def test_the_report_works_in_headless_chromium(run: Path, tmp_path: Path) -> Non
         page.wait_for_timeout(400)
         cells = rows.first.locator("td").all_text_contents()  # as stored, whitespace and all
         assert cells[0] == caption
-        assert cells[5] == str(record.label)
+        assert float(cells[5]) == pytest.approx(final_reward, abs=1e-4)
+        assert cells[6] == str(record.label)
         assert all(caption.lower() in r.lower() for r in rows.locator("td.caption").all_text_contents())
 
         # Sort: by caption ascending, then by times seen (descending first, then ascending).

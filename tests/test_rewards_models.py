@@ -399,3 +399,23 @@ def test_malformed_labels_are_rejected():
         RetrievalReward().fit([CaptionLabel("x", float("nan"))])
     with pytest.raises(CaptionError):
         ClassifierReward().fit([CaptionLabel(None, 1.0)])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", ["classification", "ranking", "retrieval"])
+def test_a_checkpointed_model_scores_the_same_offline(kind):
+    """`scoring_model` (what `kudos report` loads a checkpoint into) rebuilds the trained model
+    from its state alone: same rewards, with no LLM, store or trainer."""
+    from kudos.rewards.online import RewardConfig, scoring_model
+
+    config = RewardConfig(type=kind)
+    trained = scoring_model(config, "score")
+    if kind == "ranking":
+        trained.fit(_pairs(range(40)), steps=5)
+    elif kind == "classification":
+        trained.fit(_caption_labels(range(40)), steps=5)
+    else:
+        trained.fit(_caption_labels(range(48)))
+    offline = scoring_model(config, "score")
+    offline.load_state_dict(_round_trip(trained.state_dict()))
+    captions = [_good(i) for i in range(40, 48)] + [_bad(i) for i in range(40, 48)]
+    np.testing.assert_allclose(offline(captions), trained(captions), atol=1e-6)

@@ -30,24 +30,26 @@ def test_task_presets_and_reward_free_setting():
     assert RewardConfig(type="none").shaping(0.1).c_int == 0.0
 
 
+@pytest.mark.usefixtures("embedded_model")
 def test_labels_flow_from_the_llm_to_the_reward_model(tmp_path):
-    captions = ["You kill the newt!", "It's a wall.", "You find a hidden passage."]
+    captions = ["You kill the newt!", "It's a wall.", "You find a hidden passage.", ""]
     config = RewardConfig(type="retrieval")
     llm = LLMConfig(store=str(tmp_path / "labels.sqlite"))
     reward = IntrinsicReward(config, llm, goal="score", trainer=TrainerConfig(min_labels=1, poll_interval_s=0.1))
     try:
         reward.start()
-        assert (reward(captions + [""]) == 0).all()  # nothing labelled yet
+        assert (reward(captions) == 0).all()  # nothing labelled yet
         reward.submit(captions + ["", ""])
         assert reward.annotators["classify"].wait_idle(timeout=120)
         deadline = time.time() + 30
         while reward.metrics()["reward_model/0/labels"] < len(captions) and time.time() < deadline:
             time.sleep(0.1)
         metrics = reward.metrics()
-        assert metrics["llm/classify/labels"] == len(captions)  # "" is never asked
-        scores = reward(captions + [""])
-        assert scores[-1] == 0.0
+        assert metrics["llm/classify/labels"] == len(captions)  # "" is asked too, as in ONI (once)
+        scores = reward(captions)
         assert scores[0] == 1.0 and scores[1] == 0.0  # the embedded model's verdicts, looked up
+        stored = reward.store.get_many(reward.annotators["classify"].prompt_hash, reward.backend.model_id, [""])
+        assert scores[-1] == stored[""].label  # "" earns what the LLM said of it
         state = reward.state_dict()
     finally:
         reward.close()
@@ -60,9 +62,17 @@ def test_labels_flow_from_the_llm_to_the_reward_model(tmp_path):
         again.submit(captions)
         assert again.annotators["classify"].wait_idle(timeout=60)
         assert again.annotators["classify"].metrics().llm_requests == 0
-        np.testing.assert_array_equal(again(captions), scores[:3])
+        np.testing.assert_array_equal(again(captions), scores)
     finally:
         again.close()
+
+    # The skip option: "" earns nothing, whatever its stored label.
+    skipping = IntrinsicReward(RewardConfig(type="retrieval", skip_empty_caption=True), llm, goal="score")
+    try:
+        skipping.load_state_dict(state)
+        np.testing.assert_array_equal(skipping(captions), [*scores[:3], 0.0])
+    finally:
+        skipping.close()
 
 
 def test_offline_motif_without_pairs_says_what_to_do(tmp_path):
@@ -70,6 +80,7 @@ def test_offline_motif_without_pairs_says_what_to_do(tmp_path):
         IntrinsicReward(RewardConfig(type="motif"), LLMConfig(store=str(tmp_path / "s.sqlite")), goal="score")
 
 
+@pytest.mark.usefixtures("embedded_model")
 def test_learned_models_take_their_settings_from_the_reward_config(tmp_path):
     config = load_config(overrides=["reward.type=ensemble", "reward.members=classification,ranking",
                                     "reward.classifier.channels=16", "reward.ranker.hidden=8"]).reward

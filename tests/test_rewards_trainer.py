@@ -93,6 +93,63 @@ def test_trainer_paces_steps_and_waits_for_enough_labels():
     assert 1 <= model.steps - 1 <= 6  # at most 5 steps per second (one at the start)
 
 
+class CountingTrainer(OnlineRewardTrainer):
+    """Counts its reads and step attempts (to show what the thread does while it waits)."""
+
+    reads = 0
+    attempts = 0
+
+    def ingest(self) -> int:
+        self.reads += 1
+        return super().ingest()
+
+    def step(self) -> bool:
+        self.attempts += 1
+        return super().step()
+
+
+@pytest.mark.parametrize("model", [ClassifierReward(), RetrievalReward()], ids=["too few labels", "retrieval"])
+def test_a_trainer_with_nothing_to_train_sleeps_until_the_next_read(model):
+    """With fewer labels than min_labels (a failing LLM, or early in a run) or a model that does
+    not train by steps, the thread asks whether it can step once per read, not in a loop that
+    holds the GIL and slows the whole run."""
+    queue = LabelQueue(_labels(range(4)))
+    trainer = CountingTrainer(model, queue, TrainerConfig(min_labels=8, poll_interval_s=0.1))
+    with trainer:
+        time.sleep(1.0)
+    assert trainer.reads >= 2 and trainer.attempts <= trainer.reads + 1
+
+
+def test_state_dict_is_copied_between_training_steps():
+    """A checkpoint taken while the trainer steps holds one state: the optimiser's step count, the
+    model's and the network's weights all from the same step (a copy taken in the middle of a
+    step would mix two)."""
+
+    class SlowOptimizerStep(ClassifierReward):
+        def train_step(self) -> float:
+            real_step = self.optimizer.step
+
+            def step_then_pause(*args, **kwargs):
+                out = real_step(*args, **kwargs)
+                time.sleep(0.01)  # the optimiser has stepped, the model's counter not yet
+                return out
+
+            self.optimizer.step = step_then_pause  # type: ignore[method-assign]
+            try:
+                return super().train_step()
+            finally:
+                del self.optimizer.step
+
+    model = SlowOptimizerStep(ClassifierConfig(seed=0))
+    queue = LabelQueue(_labels(range(200)))
+    with OnlineRewardTrainer(model, queue, TrainerConfig(**FAST, poll_interval_s=0.05)) as trainer:
+        _wait_for(lambda: model.steps >= 3)
+        states = [trainer.state_dict() for _ in range(30)]
+    for state in states:
+        adam = state["model"]["optimizer"]["state"]
+        assert all(int(p["step"]) == state["model"]["steps"] for p in adam.values())
+
+
 def test_notify_wakes_the_trainer_before_its_poll_interval():
     queue = LabelQueue()
     model = RetrievalReward()

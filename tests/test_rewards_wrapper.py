@@ -74,20 +74,40 @@ def test_wrapped_caption_fn_env_passes_the_env_checker_and_shapes_rewards():
     assert env.step(0)[1] == pytest.approx(2.5)  # counts restart with the episode
 
 
-def test_wrapper_uses_nethack_caption_counts():
-    submitted: list[str] = []
-    env = IntrinsicRewardWrapper(
-        make_env("Score", observation_keys=("blstats", "message")), _model(), SHAPING, on_caption=submitted.extend
-    )
+def _play(env: gym.Env, actions: list[int]) -> list[tuple[float, dict[str, Any]]]:
     env.reset(seed=1)
-    for _ in range(30):
-        _, reward, terminated, truncated, info = env.step(env.action_space.sample())
-        assert info["caption_count"] >= 1 and isinstance(reward, float)
-        assert reward == pytest.approx(info["r_ext"] + 2.0 * info["r_int"] / info["caption_count"] ** 3)
+    steps = []
+    for action in actions:
+        _, reward, terminated, truncated, info = env.step(action)
+        steps.append((reward, info))
         if terminated or truncated:
             env.reset()
-    assert len(submitted) == 30 and all(isinstance(c, str) for c in submitted)
+    return steps
+
+
+@pytest.mark.parametrize("skip_empty_caption", [False, True])
+def test_wrapper_pays_the_models_reward_for_nethack_captions(skip_empty_caption: bool):
+    """The model knows the captions of a first play; replaying it, the wrapper pays their rewards
+    (with NetHack's episode counts), "" included unless skipped (ONI scores it like any caption)."""
+    actions = [int(a) for a in np.random.default_rng(0).integers(0, 28, size=30)]
+    first = _play(make_env("Score", observation_keys=("blstats", "message")), actions)
+    captions = {info["caption"] for _, info in first}
+    model = RetrievalReward()
+    model.fit([CaptionLabel(c, 0.5 if c == "" else 1.0) for c in captions])
+    submitted: list[str] = []
+    env = IntrinsicRewardWrapper(
+        make_env("Score", observation_keys=("blstats", "message")), model, SHAPING, on_caption=submitted.extend,
+        skip_empty_caption=skip_empty_caption,
+    )
+    replay = _play(env, actions)
     env.close()
+    assert [info["caption"] for _, info in replay] == [info["caption"] for _, info in first]
+    for reward, info in replay:
+        expected = 0.0 if skip_empty_caption and info["caption"] == "" else (0.5 if info["caption"] == "" else 1.0)
+        assert info["r_int"] == expected and info["caption_count"] >= 1
+        assert reward == pytest.approx(info["r_ext"] + 2.0 * info["r_int"] / info["caption_count"] ** 3)
+    assert sum(info["r_int"] > 0 for _, info in replay) > 0
+    assert submitted == [info["caption"] for _, info in replay if info["caption"] or not skip_empty_caption]
 
 
 def test_wrapper_reports_missing_or_malformed_captions():

@@ -16,7 +16,7 @@ from nle import nethack
 from kudos.config import load_config
 from kudos.envs import TASKS, TaskRules, TaskSpec, Transition, register_task
 from kudos.rl.checkpoint import load_checkpoint
-from kudos.rl.runner import Trainer
+from kudos.rl.runner import Trainer, resume_config
 
 
 class TimeAdvancesRules(TaskRules):
@@ -83,42 +83,77 @@ def _kudos(*args: str, **kwargs) -> subprocess.Popen:
     )
 
 
-def test_resume_after_sigkill_counts_no_step_twice(tmp_path):
+def _same(a, b, where: str = "state") -> None:
+    """Assert two nested states (dicts, lists, tensors, arrays, plain values) are equal."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), f"{where}: keys {sorted(a)} != {sorted(b)}"
+        for key in a:
+            _same(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), f"{where}: lengths differ"
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), f"{where}: tensors differ"
+    elif isinstance(a, np.ndarray):
+        np.testing.assert_array_equal(a, b, err_msg=where)
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("embedded_model")
+def test_resume_after_sigkill_restores_the_checkpoint_exactly(tmp_path):
+    """Killed while the reward model trains: the checkpoint is one consistent snapshot (its model
+    equals the trainer's copy of it), a resumed run starts from exactly it (reward-model weights,
+    label dataset, shaper statistics, annotator backlog), and no step is counted twice."""
     run = tmp_path / "run"
     store = tmp_path / "labels.sqlite"
-    common = ["--set", "env.num_workers=1", "--set", "appo.rollout=16", "--store", str(store)]
+    common = ["--set", "env.num_workers=1", "--set", "appo.rollout=16", "--store", str(store),
+              "--set", "llm.batch_size=4"]
     proc = _kudos(
-        "train", "--task", "Score", "--reward", "retrieval", "--num-envs", "4", "--steps", "1000000",
+        "train", "--task", "Score", "--reward", "classification", "--num-envs", "4", "--steps", "1000000",
         "--output", str(run), "--set", "run.checkpoint_every_s=1", *common, start_new_session=True,
     )
     try:
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            if (run / "checkpoint.pt").is_file() and load_checkpoint(run)["progress"]["updates"] >= 3:
-                break
+        deadline = time.time() + 400
+        while time.time() < deadline:  # a checkpoint taken while the reward model trains
+            if (run / "checkpoint.pt").is_file():
+                saved = load_checkpoint(run)
+                if saved["progress"]["updates"] >= 3 and saved["reward"]["model"]["steps"] >= 2:
+                    break
             assert proc.poll() is None, proc.stderr.read()
             time.sleep(0.5)
         else:
-            pytest.fail("no checkpoint within 240 s")
+            pytest.fail("no checkpoint with reward-model steps within 400 s")
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    before = load_checkpoint(run)["progress"]
-    import sqlite3
+    state = load_checkpoint(run)
+    before = state["progress"]
+    _same(state["reward"]["model"], state["reward"]["trainers"][0]["model"], "checkpoint model vs trainer copy")
+    assert len(state["reward"]["model"]["dataset"]["texts"]) > 0
 
-    labels_before = set(sqlite3.connect(store).execute("SELECT caption FROM labels").fetchall())
+    config = resume_config(run, ["env.num_workers=1", "appo.rollout=16", f"llm.store={store}"])
+    resumed_trainer = Trainer(config, resume=True)
+    try:
+        restored = resumed_trainer.reward.state_dict()
+        _same(restored["model"], state["reward"]["model"], "reward model")
+        _same(restored["annotators"], state["reward"]["annotators"], "annotator backlog")
+        _same(resumed_trainer.shaper.state_dict(), state["shaper"], "shaper")
+    finally:
+        resumed_trainer.close()
 
     target = before["env_steps"] + 2 * 64  # two more updates of 16 steps x 4 envs
     resumed = _kudos("train", "--resume", str(run), "--steps", str(target), *common)
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
-    after = load_checkpoint(run)["progress"]
-    assert after["env_steps"] == target
-    assert after["updates"] == before["updates"] + 2
-    labels_after = set(sqlite3.connect(store).execute("SELECT caption FROM labels").fetchall())
-    assert labels_before <= labels_after
+    after = load_checkpoint(run)
+    assert after["progress"]["env_steps"] == target
+    assert after["progress"]["updates"] == before["updates"] + 2
+    assert after["reward"]["trainers"][0]["metrics"]["errors"] == 0  # the restored model trains
 
 
 @pytest.mark.parametrize(

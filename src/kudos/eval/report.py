@@ -37,6 +37,7 @@ class ReportLimits:
     """Caps on what is embedded (each visible in the report when reached)."""
 
     max_captions: int = 100_000  # label-browser rows (the most seen captions are kept)
+    max_rescored: int = 5_000  # captions scored with the final reward model (the most seen)
     max_reply_chars: int = 300  # LLM replies are cut to this many characters
     max_episodes: int = 10  # recorded episodes in the replay viewer
     max_episode_steps: int = 5_000  # steps per recorded episode
@@ -214,6 +215,7 @@ def build_report(
         "episodes": episodes[order].tolist(),
         "earned": [round(v, 4) for v in earned[order].tolist()],
         "reward": [round(v, 4) for v in last[order].tolist()],
+        "final": _final_rewards(config, state, kept, limits.max_rescored, notes),
         "label": labels,
         "soft": soft,
         "reply": replies,
@@ -239,6 +241,23 @@ def build_report(
     path.write_text(page, encoding="utf-8")
     log.info("report of %s built in %.1f s", run_dir, time.perf_counter() - started)
     return Report(path, path.stat().st_size, notes, diagnostics.warnings)
+
+
+def _final_rewards(config: Any, state: dict[str, Any], captions: list[str], limit: int, notes: list[str]) -> list[float | None]:
+    """The checkpointed reward model's raw reward for the first ``limit`` of ``captions`` (the
+    most seen; None for the rest and for runs without an intrinsic reward)."""
+    from kudos.envs import get_task
+    from kudos.rewards.online import scoring_model
+
+    if config.reward.type == "none" or not state.get("reward") or not captions:
+        return [None] * len(captions)
+    model = scoring_model(config.reward, get_task(config.env.task).goal)
+    model.load_state_dict(state["reward"]["model"])
+    scored = captions[:limit]
+    if len(captions) > limit:
+        notes.append(f"label browser: the final reward model scored the {limit:,} most seen of {len(captions):,} captions")
+    rewards = [round(float(r), 4) for r in np.asarray(model(scored), dtype=np.float64)]
+    return rewards + [None] * (len(captions) - len(scored))
 
 
 def _summary(run_dir: Path, config: Any, state: dict[str, Any], num_captions: int, num_labels: int) -> str:
@@ -323,12 +342,12 @@ _PAGE = """<!DOCTYPE html>
 <p>Raw intrinsic reward (the reward model's, before shaping and the count exponent) summed over every step that showed the caption.</p>
 {top}
 <h2>Label browser</h2>
-<p>Every caption this run saw, with the label store's answer for this run's prompt version and model (1 helpful, 0 not, blank: not labelled), the soft label P(helpful), the raw reply, the run's statistics and the reward the caption got when the run last saw it. Click a column to sort.</p>
+<p>Every caption this run saw, with the label store's answer for this run's prompt version and model (1 helpful, 0 not, blank: not labelled), the soft label P(helpful), the raw reply, the run's statistics, the reward the caption got when the run last saw it and the reward the final (checkpointed) reward model gives it. Click a column to sort.</p>
 <div class="controls"><input id="search" type="search" placeholder="search captions and replies"> <span id="match-count"></span>
 <button id="prev-page">&lt; prev</button> <span id="page-info"></span> <button id="next-page">next &gt;</button></div>
 <table class=grid id="browser"><thead><tr>
 <th data-key="caption">caption</th><th data-key="seen">times seen</th><th data-key="episodes">episodes</th>
-<th data-key="earned">intrinsic reward earned</th><th data-key="reward">reward when last seen</th><th data-key="label">LLM label</th>
+<th data-key="earned">intrinsic reward earned</th><th data-key="reward">reward when last seen</th><th data-key="final">final model's reward</th><th data-key="label">LLM label</th>
 <th data-key="soft">soft label</th><th data-key="reply">LLM reply</th></tr></thead><tbody></tbody></table>
 <h2>Episode replay</h2>
 <div id="replay"><div class="controls"><select id="episode-select"></select>
@@ -351,8 +370,8 @@ async function unpack(id) {
   return JSON.parse(await new Response(stream).text());
 }
 const PAGE = 100;
-const COLUMNS = ["caption", "seen", "episodes", "earned", "reward", "label", "soft", "reply"];
-const NUMERIC = new Set(["seen", "episodes", "earned", "reward", "label", "soft"]);
+const COLUMNS = ["caption", "seen", "episodes", "earned", "reward", "final", "label", "soft", "reply"];
+const NUMERIC = new Set(["seen", "episodes", "earned", "reward", "final", "label", "soft"]);
 let table, view = [], page = 0, sortKey = "seen", sortDir = -1;
 
 function cell(row, key, value) {

@@ -12,7 +12,13 @@ Two layers:
   notifies subscribers (the reward-model trainer). LLM faults are counted, logged and retried with
   backoff; unanswered items go back to pending, so nothing is lost and nothing is invented.
 
-For ranking, pairs are sampled from a bounded reservoir of seen captions. Small models answer
+For ranking, pairs are sampled as ONI does (``pair_sampling="oni"``): every ``obs_subsample``-th
+submitted caption (duplicates included, so frequent captions weigh more) joins a uniform reservoir
+of observations, and each :meth:`Annotator.submit` adds ``pairs_per_submit`` pairs drawn from it
+while fewer than ``2 * batch_size`` items wait for the worker; ``"per_new_caption"`` pairs each
+new distinct caption with earlier ones, once. A pair the store holds is never asked again. An
+endpoint that rejects every request (:class:`~kudos.feedback.llm.LLMConfigError`) stops the
+service: the next ``submit`` raises that one-line error. Small models answer
 "A or B?" with a position bias, so for backends with ``pointwise_only`` (the embedded model) pair
 preferences are derived from per-caption scores (:class:`~kudos.feedback.prompts.PairwiseFromPointwise`).
 """
@@ -31,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from kudos.errors import ConfigError
-from kudos.feedback.llm import LLMBackend, LLMError, LLMReply, LLMRequest
+from kudos.feedback.llm import LLMBackend, LLMConfigError, LLMError, LLMReply, LLMRequest
 from kudos.feedback.parse import derive_preference, parse_label
 from kudos.feedback.prompts import LabelSpec, PairwiseFromPointwise, PromptTemplate
 from kudos.feedback.store import Item, LabelRecord, LabelStore, StoreError
@@ -196,8 +202,13 @@ class AnnotatorConfig:
         oldest waiting items (the rest to the newest), so no item waits forever.
     pairwise: ranking only; "auto" derives pairs from pointwise scores for ``pointwise_only``
         backends, "prompt" always asks the pairwise prompt, "pointwise" always derives.
-    reservoir_size: seen captions kept for pair sampling; pairs_per_caption: pairs sampled for
-        each newly seen caption.
+    pair_sampling: ranking only; "oni": ``pairs_per_submit`` pairs per submit() from every
+        ``obs_subsample``-th submitted caption (frequency-weighted), while fewer than
+        ``2 * batch_size`` submitted items wait for the worker (ONI's rule: 10 pairs per minibatch
+        while the LLM queue is short); "per_new_caption": ``pairs_per_caption`` pairs for each new
+        distinct caption with earlier ones, each caption once ever.
+    reservoir_size: observations (oni) or distinct captions (per_new_caption) kept for pairing.
+    skip_empty: "" is never asked about (ONI asks about it like any other caption).
     backoff_s / max_backoff_s: wait after a server fault, doubling per consecutive fault (seconds).
     nice: added to the worker thread's scheduling niceness (Linux): an in-process LLM then
         yields the cores to training when both want them, and takes what is left.
@@ -208,8 +219,12 @@ class AnnotatorConfig:
     oldest_per_batch: int = 1
     pairwise: Literal["auto", "prompt", "pointwise"] = "auto"
     tie_margin: float = 0.1
-    reservoir_size: int = 4096
+    pair_sampling: Literal["oni", "per_new_caption"] = "oni"
+    pairs_per_submit: int = 10
+    obs_subsample: int = 10
+    reservoir_size: int = 10_000
     pairs_per_caption: int = 1
+    skip_empty: bool = False
     backoff_s: float = 0.5
     max_backoff_s: float = 30.0
     seed: int = 0
@@ -223,6 +238,10 @@ class AnnotatorConfig:
             )
         if self.pairwise not in ("auto", "prompt", "pointwise"):
             raise ConfigError(f"annotator: pairwise must be auto, prompt or pointwise, got {self.pairwise!r}")
+        if self.pair_sampling not in ("oni", "per_new_caption"):
+            raise ConfigError(f"annotator: pair_sampling must be oni or per_new_caption, got {self.pair_sampling!r}")
+        if self.obs_subsample < 1 or self.reservoir_size < 1:
+            raise ConfigError("annotator: obs_subsample and reservoir_size must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -282,6 +301,7 @@ class Annotator:
         self.spec = resolve_spec(template, backend, self.config.pairwise, self.config.tie_margin)
         self.labeler = Labeler(backend, self.spec, store)
         self._rank = self.spec.kind == "rank"
+        self._oni_pairs = self._rank and self.config.pair_sampling == "oni"
         self._rng = random.Random(self.config.seed)
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # notified when the backlog shrinks
@@ -291,13 +311,15 @@ class Annotator:
         # Guarded by _lock: captions ever accepted (dedup), new captions for the worker, items
         # waiting (oldest first) and in flight, and the backlog size bounded by max_backlog.
         self._seen: set[str] = set()
-        self._intake: list[str] = []
+        self._intake: list[Item] = []  # captions, or pairs already sampled (oni pair sampling)
         self._restored: list[Item] = []  # items from load_state_dict, checked against the store too
         self._pending: OrderedDict[Item, None] = OrderedDict()
         self._inflight: set[Item] = set()
         self._backlog = 0
         self._reservoir: list[str] = []
         self._reservoir_seen = 0
+        self._observed = 0  # captions submitted (oni pair sampling keeps every obs_subsample-th)
+        self._fatal: LLMConfigError | None = None
         self._unwritten: list[LabelRecord] = []  # labelled but not yet stored (store fault)
         self._subscribers: list[Callable[[list[LabelRecord]], None]] = []
         self._counts = _Counters()
@@ -315,21 +337,48 @@ class Annotator:
         return self.labeler.model_id
 
     def submit(self, captions: Iterable[str]) -> None:
-        """Queue captions for labelling; returns at once. Known, waiting and in-flight captions are
-        skipped; when the backlog is full the rest of the call is dropped and counted."""
+        """Queue captions for labelling (for ranking: observe them and sample pairs); returns at
+        once. Known, waiting and in-flight captions are skipped; when the backlog is full the rest
+        of the call is dropped and counted. Raises the :class:`LLMConfigError` that stopped the
+        service, if one did."""
         if isinstance(captions, str):
             raise TypeError("submit() takes an iterable of captions, not one string")
+        if self.config.skip_empty:
+            captions = [c for c in captions if c]
         with self._lock:
-            for caption in captions:
-                if caption in self._seen:
-                    self._counts.duplicates += 1
-                elif self._backlog >= self.config.max_backlog:
-                    self._counts.dropped += 1
-                else:
-                    self._seen.add(caption)
-                    self._intake.append(caption)
-                    self._backlog += 1
+            if self._fatal is not None:
+                raise self._fatal
+            if self._oni_pairs:
+                self._queue(self._observe_and_pair(list(captions)))
+            else:
+                self._queue(captions)
         self._wake.set()
+
+    def _queue(self, items: Iterable[Item]) -> None:
+        """Accept new items into the intake, deduplicated, up to the backlog; caller holds the lock."""
+        for caption in items:
+            if caption in self._seen:
+                self._counts.duplicates += 1
+            elif self._backlog >= self.config.max_backlog:
+                self._counts.dropped += 1
+            else:
+                if isinstance(caption, str):  # pairs are deduplicated against pending and the store
+                    self._seen.add(caption)
+                self._intake.append(caption)
+                self._backlog += 1
+
+    def _observe_and_pair(self, captions: list[str]) -> list[Item]:
+        """ONI's pair sampling (see :class:`AnnotatorConfig`); caller holds the lock."""
+        cfg = self.config
+        for caption in captions:
+            if self._observed % cfg.obs_subsample == 0:
+                self._keep_in_reservoir(caption)
+            self._observed += 1
+        if not self._reservoir or len(self._intake) >= 2 * cfg.batch_size:
+            return []
+        pairs = [(self._rng.choice(self._reservoir), self._rng.choice(self._reservoir)) for _ in range(cfg.pairs_per_submit)]
+        # An identical pair teaches a Bradley-Terry model nothing (ONI asks it anyway).
+        return [pair for pair in pairs if pair[0] != pair[1]]
 
     def subscribe(self, callback: Callable[[list[LabelRecord]], None]) -> None:
         with self._lock:
@@ -365,9 +414,15 @@ class Annotator:
             )
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """Block until every accepted item is labelled and stored; False on timeout."""
+        """Block until every accepted item is labelled and stored; False on timeout. Raises the
+        :class:`LLMConfigError` that stopped the service, if one did."""
         with self._changed:
-            return self._changed.wait_for(lambda: self._backlog == 0 and not self._unwritten, timeout)
+            idle = self._changed.wait_for(
+                lambda: (self._backlog == 0 and not self._unwritten) or self._fatal is not None, timeout
+            )
+            if self._fatal is not None:
+                raise self._fatal
+            return idle
 
     def state_dict(self) -> dict[str, Any]:
         """Items not yet labelled (oldest first) and the pair reservoir, JSON-serialisable."""
@@ -377,6 +432,7 @@ class Annotator:
                 "pending": [item if isinstance(item, str) else list(item) for item in waiting],
                 "reservoir": list(self._reservoir),
                 "reservoir_seen": self._reservoir_seen,
+                "observed": self._observed,
             }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -385,6 +441,7 @@ class Annotator:
         with self._lock:
             self._reservoir = list(state.get("reservoir", []))[: self.config.reservoir_size]
             self._reservoir_seen = max(int(state.get("reservoir_seen", 0)), len(self._reservoir))
+            self._observed = int(state.get("observed", 0))
             self._seen.update(item for item in items if isinstance(item, str))
             self._restored.extend(items)
             self._backlog += len(items)
@@ -405,6 +462,11 @@ class Annotator:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                # Its batch is still with the LLM (a slow or busy model): the backend and store
+                # must outlive it, so wait rather than let the caller free them under it.
+                log.warning("annotator: waiting for the LLM batch in flight (more than %.0f s)", timeout)
+                self._thread.join()
             self._thread = None
         self._write([])  # a last try for records a store fault held back
 
@@ -430,6 +492,13 @@ class Annotator:
                 continue
             try:
                 outcome = self.labeler.label([item for item, _ in batch])
+            except LLMConfigError as exc:  # a misconfiguration: retrying cannot help
+                log.error("annotator stopped: %s", exc)
+                with self._changed:
+                    self._requeue(batch)
+                    self._fatal = exc
+                    self._changed.notify_all()
+                return
             except StoreError as exc:  # derived pairs read member scores from the store
                 self._fault(batch, "label store", exc, store=True)
                 continue
@@ -448,7 +517,8 @@ class Annotator:
             restored, self._restored = self._restored, []
         if not intake and not restored:
             return
-        items: list[Item] = restored + (self._sample_pairs(intake) if self._rank else list(intake))
+        fresh = self._sample_pairs(intake) if self._rank and not self._oni_pairs else list(intake)  # type: ignore[arg-type]
+        items: list[Item] = restored + fresh
         try:
             stored = self.store.get_many(self.prompt_hash, self.model_id, items) if items else {}
         except StoreError as exc:
@@ -475,21 +545,25 @@ class Annotator:
         """Pairs of each new caption with random earlier ones from the reservoir, in random order
         (so neither position is favoured); the reservoir keeps a uniform sample of all captions."""
         pairs: list[Item] = []
-        size = self.config.reservoir_size
         with self._lock:
             for caption in captions:
                 for _ in range(self.config.pairs_per_caption if self._reservoir else 0):
                     partner = self._rng.choice(self._reservoir)
                     if partner != caption:  # an identical pair says nothing
                         pairs.append((caption, partner) if self._rng.random() < 0.5 else (partner, caption))
-                self._reservoir_seen += 1
-                if len(self._reservoir) < size:
-                    self._reservoir.append(caption)
-                else:
-                    slot = self._rng.randrange(self._reservoir_seen)
-                    if slot < size:
-                        self._reservoir[slot] = caption
+                self._keep_in_reservoir(caption)
         return pairs
+
+    def _keep_in_reservoir(self, caption: str) -> None:
+        """Reservoir sampling: the reservoir stays a uniform sample of every caption offered to
+        it; caller holds the lock."""
+        self._reservoir_seen += 1
+        if len(self._reservoir) < self.config.reservoir_size:
+            self._reservoir.append(caption)
+        else:
+            slot = self._rng.randrange(self._reservoir_seen)
+            if slot < self.config.reservoir_size:
+                self._reservoir[slot] = caption
 
     def _take_batch(self) -> list[tuple[Item, bool]]:
         """Up to batch_size items: ``oldest_per_batch`` from the old end, the rest from the new end.

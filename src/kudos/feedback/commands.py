@@ -27,7 +27,7 @@ from rich.table import Table
 
 from kudos.errors import KudosError
 from kudos.feedback.annotator import Labeler, resolve_spec
-from kudos.feedback.llm import LLMBackend
+from kudos.feedback.llm import HTTPConfig, LLMBackend
 from kudos.feedback.prompts import GOALS, PromptTemplate
 from kudos.feedback.store import Item, LabelStore
 
@@ -208,7 +208,14 @@ def register(subparsers: Any) -> None:
         help="label store: SQLite file or postgresql:// URL (default: the per-user store `kudos train` uses)",
     )
     p.add_argument("--llm", default="embedded", help="'embedded' or http://host:port/v1[,http://...]")
-    p.add_argument("--model", default=None, help="model name served by the HTTP endpoints")
+    p.add_argument(
+        "--llm-model", "--model", dest="llm_model", default=None,
+        help="model the HTTP endpoints serve (default: the one listed by GET /v1/models)",
+    )
+    p.add_argument(
+        "--client-error-limit-s", type=float, default=HTTPConfig.client_error_limit_s,
+        help="stop when the endpoints have rejected every request (HTTP 4xx) for this many seconds",
+    )
     p.add_argument("--threads", type=int, default=None, help="llama.cpp threads (embedded; default: all cores)")
     p.add_argument("--goal", choices=sorted(GOALS), default="score", help="goal preset of the prompt")
     p.add_argument("--format", choices=["short", "long"], default="short", help="direct answer or ONI reasoning")
@@ -233,7 +240,10 @@ def run_annotate(args: argparse.Namespace) -> int:
     template = PromptTemplate(kind=kind, goal=args.goal, format=args.format)
     console = Console(stderr=True)
     with open_store(args.store or default_store_path()) as store:
-        backend: LLMBackend = make_backend(args.llm, threads=args.threads or os.cpu_count() or 1, model=args.model)
+        backend: LLMBackend = make_backend(
+            args.llm, threads=args.threads or os.cpu_count() or 1, model=args.llm_model,
+            config=HTTPConfig(client_error_limit_s=args.client_error_limit_s),
+        )
         try:
             labeler = Labeler(backend, resolve_spec(template, backend, args.pairwise), store)
             summary = annotate_items(items, store, labeler, args.batch_size, console=console)

@@ -33,10 +33,12 @@ from typing import Any, Callable, Iterator, Sequence
 import httpx
 import numpy as np
 
+from kudos import STARTUP_LOG
 from kudos.errors import KudosError
 from kudos.feedback.llm import LLMError, LLMReply, LLMRequest, logsumexp, sigmoid
 
 log = logging.getLogger(__name__)
+startup = logging.getLogger(STARTUP_LOG)
 
 MODEL_ID = "qwen2.5-coder-1.5b-instruct-q4_k_m"
 MODEL_FILENAME = f"{MODEL_ID}.gguf"
@@ -132,6 +134,7 @@ def verify_model_file(path: Path, size: int = MODEL_SIZE_BYTES, sha256: str = MO
         return True
     if stat.st_size != size:
         return False
+    startup.info("verifying %s (sha256 of %.1f GB)", path.name, size / 1e9)
     digest = hashlib.sha256()
     for chunk in _read_chunks(path):
         digest.update(chunk)
@@ -209,6 +212,7 @@ class EmbeddedLLM:
         path = model_path or ensure_embedded_model()
         self.model_id = model_id or (MODEL_ID if model_path is None else path.stem)
         self.threads = threads
+        startup.info("loading %s into llama.cpp", path.name)
         start = time.perf_counter()
         self._llm = llama_cpp.Llama(
             model_path=str(path),
@@ -261,7 +265,10 @@ class EmbeddedLLM:
             self._llm.n_tokens = 0
 
     def close(self) -> None:
-        self._llm.close()
+        """Free the model, after the batch another thread may be answering (freeing it under a
+        running ``decode`` crashes the process)."""
+        with self._lock:
+            self._llm.close()
 
     def _answer(self, request: LLMRequest) -> LLMReply:
         start = time.perf_counter()

@@ -5,9 +5,11 @@
   ``kudos llm serve``), chat completions or completions, with top log-probabilities.
 - :class:`EndpointPool`: several such endpoints with load spreading, timeouts, retries with
   exponential backoff and health checks; it raises :class:`LLMError` only when no endpoint could
-  answer. Every fault is counted in ``EndpointPool.stats``.
+  answer, and :class:`LLMConfigError` when the endpoints have rejected every request (HTTP 4xx)
+  for ``HTTPConfig.client_error_limit_s``. Every fault is counted in ``EndpointPool.stats``.
 
-``make_backend(spec)`` builds one from a command-line string.
+``make_backend(spec)`` builds one from a command-line string; :func:`served_model` asks endpoints
+which model they serve.
 """
 
 from __future__ import annotations
@@ -69,6 +71,11 @@ class LLMError(Exception):
         self.replies = list(replies)
 
 
+class LLMConfigError(KudosError):
+    """The endpoints reject what is asked of them (an unknown model name, a wrong URL path): a
+    misconfiguration to fix, not a fault to retry."""
+
+
 class LLMBackend(Protocol):
     """What the annotator talks to. ``model_id`` goes into label-store keys."""
 
@@ -94,6 +101,9 @@ class HTTPConfig:
     max_backoff_s: float = 8.0
     health_timeout_s: float = 2.0
     concurrency: int = 2  # requests in flight per endpoint
+    # When every request has been rejected (HTTP 4xx other than 408/429) for this long, with no
+    # reply in between, generate() raises LLMConfigError instead of retrying forever.
+    client_error_limit_s: float = 60.0
 
 
 class EndpointFault(Exception):
@@ -208,7 +218,8 @@ class OpenAIBackend:
             raise EndpointFault("http_errors", f"{url}: HTTP {reply.status_code}")
         if reply.status_code >= 400:
             # The request itself is wrong (e.g. longer than the context); another try won't help.
-            raise EndpointFault("http_errors", f"{url}: HTTP {reply.status_code}: {reply.text[:200]}", retryable=False)
+            body = " ".join(reply.text[:200].split())
+            raise EndpointFault("http_errors", f"{url}: HTTP {reply.status_code}: {body}", retryable=False)
         try:
             data = reply.json()
         except ValueError:
@@ -262,6 +273,7 @@ class EndpointPool:
         self._round_robin = itertools.count()
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
+        self._rejecting_since: float | None = None  # first 4xx since the last reply (monotonic s)
         self._executor = ThreadPoolExecutor(
             max_workers=self.config.concurrency * len(endpoints), thread_name_prefix="llm-pool"
         )
@@ -273,11 +285,20 @@ class EndpointPool:
 
     def generate(self, requests: Sequence[LLMRequest]) -> list[LLMReply]:
         """All requests concurrently over the endpoints; :class:`LLMError` (with the replies that
-        did arrive) if any request failed on every attempt."""
+        did arrive) if any request failed on every attempt, :class:`LLMConfigError` once every
+        request has been rejected for ``config.client_error_limit_s``."""
         outcomes = list(self._executor.map(self._answer, requests))
         failed = [o for o in outcomes if isinstance(o, EndpointFault)]
         replies = [o if isinstance(o, LLMReply) else None for o in outcomes]
         if failed:
+            with self._lock:
+                since = self._rejecting_since
+            limit = self.config.client_error_limit_s
+            if since is not None and time.monotonic() - since >= limit:
+                raise LLMConfigError(
+                    f"the LLM endpoints rejected every request for {limit:.0f} s ({failed[-1]}): check the "
+                    "URL and the model name (--llm-model; GET /v1/models lists what a server serves)"
+                )
             raise LLMError(f"{len(failed)} of {len(requests)} requests failed; last fault: {failed[-1]}", replies)
         return [r for r in replies if r is not None]
 
@@ -305,7 +326,7 @@ class EndpointPool:
             except EndpointFault as e:
                 fault = e
                 self._count(e.kind)
-                self._release(endpoint, ok=False)
+                self._release(endpoint, ok=False, rejected=not e.retryable)
                 log.warning("LLM endpoint fault (attempt %d/%d): %s", attempt + 1, self.config.max_attempts, e)
                 if not e.retryable:
                     break
@@ -361,10 +382,15 @@ class EndpointPool:
                 endpoint.failures += 1
                 endpoint.retry_at = time.monotonic() + self._backoff(endpoint.failures)
 
-    def _release(self, endpoint: _Endpoint, ok: bool) -> None:
+    def _release(self, endpoint: _Endpoint, ok: bool, rejected: bool = False) -> None:
+        """``rejected``: the request was refused as malformed (HTTP 4xx): the clock of
+        ``client_error_limit_s`` starts at the first such refusal after the last reply."""
         with self._lock:
             endpoint.in_flight -= 1
+            if rejected and self._rejecting_since is None:
+                self._rejecting_since = time.monotonic()
             if ok:
+                self._rejecting_since = None
                 endpoint.failures = 0
             else:
                 if endpoint.up:
@@ -372,6 +398,39 @@ class EndpointPool:
                 endpoint.up = False
                 endpoint.failures += 1
                 endpoint.retry_at = time.monotonic() + self._backoff(endpoint.failures)
+
+
+def served_model(urls: Sequence[str], model: str | None = None, config: HTTPConfig | None = None) -> str:
+    """The model id to send and to key labels by, checked against each endpoint's ``GET /models``.
+
+    ``model`` None: the one model the reachable endpoints serve. A named model must be among the
+    served ones where an endpoint answers; endpoints that do not answer are skipped (a server that
+    is down is a fault, retried later), but with ``model`` None at least one must answer.
+    Raises :class:`LLMConfigError` in one line otherwise.
+    """
+    timeout = (config or HTTPConfig()).health_timeout_s
+    served: dict[str, list[str]] = {}
+    for url in urls:
+        try:
+            reply = httpx.get(url.rstrip("/") + "/models", timeout=timeout)
+            reply.raise_for_status()
+            served[url] = [str(m["id"]) for m in reply.json()["data"]]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            log.warning("cannot list the models of %s (%s)", url, type(exc).__name__)
+    if model is not None:
+        for url, ids in served.items():
+            if model not in ids:
+                raise LLMConfigError(f"{url} does not serve model {model!r} (it serves {', '.join(ids) or 'none'}): "
+                                     "name one of its models with --llm-model")
+        return model
+    if not served:
+        raise LLMConfigError(f"cannot ask {', '.join(urls)} which model it serves (GET /models failed): start the "
+                             "server, or name its model with --llm-model")
+    ids = sorted({i for ids in served.values() for i in ids})
+    if len(ids) != 1:
+        raise LLMConfigError(f"the endpoints serve {len(ids)} models ({', '.join(ids) or 'none'}): choose one "
+                             "with --llm-model")
+    return ids[0]
 
 
 def make_backend(
@@ -384,17 +443,19 @@ def make_backend(
     """Build a backend from a spec string.
 
     - None or ``"embedded"``: :class:`~kudos.feedback.embedded.EmbeddedLLM` with ``threads``
-      llama.cpp threads (default 1, for sharing the cores with a trainer).
+      llama.cpp threads (default 1, for sharing the cores with a trainer); ``model`` must be None.
     - ``"http://host:port/v1[,http://host2:port/v1...]"``: an :class:`EndpointPool`; ``model`` is the
-      served model's name (default: the embedded model's id, as ``kudos llm serve`` serves it).
+      served model's name (default: the one model the endpoints serve, see :func:`served_model`).
     """
-    from kudos.feedback.embedded import MODEL_ID, EmbeddedLLM
-
     if spec is None or spec == "embedded":
+        if model is not None:
+            raise KudosError(f"a model name ({model!r}) applies to HTTP endpoints; the embedded backend has one model")
+        from kudos.feedback.embedded import EmbeddedLLM
+
         return EmbeddedLLM(threads=threads or 1)
     urls = [u.strip() for u in spec.split(",") if u.strip()]
     if not urls or not all(u.startswith(("http://", "https://")) for u in urls):
         raise KudosError(f"unknown LLM backend {spec!r}: use 'embedded' or 'http://host:port/v1[,http://...]'")
     config = config or HTTPConfig()
-    return EndpointPool([OpenAIBackend(u, model or MODEL_ID, config) for u in urls], config)
-
+    model_id = served_model(urls, model, config)
+    return EndpointPool([OpenAIBackend(u, model_id, config) for u in urls], config)

@@ -19,15 +19,19 @@ Reward types:
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from kudos import STARTUP_LOG
 from kudos.errors import ConfigError, KudosError
 from kudos.feedback.annotator import Annotator, AnnotatorConfig, resolve_spec
-from kudos.feedback.llm import LLMBackend, make_backend
+from kudos.feedback.embedded import MODEL_ID as EMBEDDED_MODEL_ID
+from kudos.feedback.embedded import EmbeddedLLM
+from kudos.feedback.llm import HTTPConfig, LLMBackend, make_backend
 from kudos.feedback.prompts import GOALS, PromptTemplate
 from kudos.feedback.store import LabelStore, default_store_path, open_store
 from kudos.rewards.base import RewardModel
@@ -40,8 +44,10 @@ from kudos.rewards.retrieval import RetrievalReward
 from kudos.rewards.shaping import NormalizerConfig, ShapingConfig
 from kudos.rewards.sources import StoreLabelSource
 from kudos.rewards.trainer import OnlineRewardTrainer, TrainerConfig, follow_annotator
+from kudos.rewards.wrapper import intrinsic_rewards
 
 log = logging.getLogger(__name__)
+startup = logging.getLogger(STARTUP_LOG)
 
 REWARD_TYPES = ("none", "retrieval", "classification", "ranking", "motif", "cosine", "ensemble")
 _MEMBER_TYPES = ("retrieval", "classification", "ranking", "cosine")
@@ -52,7 +58,11 @@ class LLMConfig:
     """Which LLM labels captions and where the labels live.
 
     ``backend``: ``"embedded"`` (the in-process model shipped on PyPI) or comma-separated
-    OpenAI-compatible endpoints (``http://host:8000/v1,http://host2:8000/v1``). ``threads``:
+    OpenAI-compatible endpoints (``http://host:8000/v1,http://host2:8000/v1``). ``model``: the
+    endpoints' model to ask (``--llm-model``; None: the one model they serve, from
+    ``GET /v1/models``); labels are keyed by it. ``client_error_limit_s``: when the endpoints
+    have rejected every request (HTTP 4xx) for this long, the run stops with a one-line error
+    (a wrong model name or URL is not a fault to retry forever). ``threads``:
     llama.cpp threads for the embedded model (1 shares the cores best with training).
     ``store``: SQLite path or ``postgresql://`` URL; default: the per-user shared store.
     ``format``: ``"short"`` (one answer token) or ``"long"`` (ONI's reasoning format, for
@@ -61,6 +71,8 @@ class LLMConfig:
     """
 
     backend: str = "embedded"
+    model: str | None = None
+    client_error_limit_s: float = 60.0
     threads: int = 1
     store: str | None = None
     format: str = "short"
@@ -76,9 +88,14 @@ class RewardConfig:
     ``c_ext``: None takes the task's ONI preset (0.1 Score, 10 staircase and oracle tasks); 0 is
     the reward-free setting. ``goal``: the LLM prompt's goal preset (None: the task's).
     ``members``/``ensemble_k``: for ``type="ensemble"``. ``motif_steps``: gradient steps of the
-    offline Motif fit. ``classifier``/``ranker``: network and optimisation settings of the learned
-    models (e.g. ``reward.classifier.channels=64 reward.classifier.average=0``: a narrower
-    classifier scored with its latest weights, faster on captions not yet cached and a little
+    offline Motif fit. ``skip_empty_caption``: ``""`` (a step without a message) earns nothing
+    and is never asked about; by default it is scored and labelled like any caption, as in ONI.
+    ``pair_sampling``: which pairs ranking asks about: ``"oni"`` (10 pairs per update drawn from
+    every 10th caption seen, so frequent captions weigh more, while the LLM queue is short) or
+    ``"per_new_caption"`` (each new distinct caption paired once with an earlier one).
+    ``classifier``/``ranker``: network and optimisation settings of the learned models (e.g.
+    ``reward.classifier.channels=64 reward.classifier.average=0``: a narrower classifier scored
+    with its latest weights, faster on captions not yet cached and a little
     less accurate on unseen ones; see docs/rewards.md).
     """
 
@@ -94,12 +111,16 @@ class RewardConfig:
     members: str = "classification,cosine"
     ensemble_k: float = 1.0
     motif_steps: int = 2000
+    skip_empty_caption: bool = False
+    pair_sampling: str = "oni"
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     ranker: RankerConfig = field(default_factory=RankerConfig)
 
     def __post_init__(self) -> None:
         if self.type not in REWARD_TYPES:
             raise ConfigError(f"unknown reward type {self.type!r}; use one of {', '.join(REWARD_TYPES)}")
+        if self.pair_sampling not in ("oni", "per_new_caption"):
+            raise ConfigError(f"reward.pair_sampling must be oni or per_new_caption, got {self.pair_sampling!r}")
         if self.goal is not None and self.goal not in GOALS:
             raise ConfigError(f"unknown goal preset {self.goal!r}; use one of {', '.join(GOALS)}")
         if self.type == "ensemble":
@@ -124,6 +145,29 @@ class RewardConfig:
             episode_cap=self.episode_cap,
             intrinsic=self.intrinsic,
         )
+
+
+def _new_model(kind: str, config: RewardConfig, goal: str) -> RewardModel:
+    """An untrained reward model of one member ``kind`` (offline Motif's is a ranker)."""
+    if kind == "cosine":
+        return EmbeddingCosineReward(GOALS[goal])
+    if kind == "retrieval":
+        return RetrievalReward()
+    if kind == "classification":
+        return ClassifierReward(config.classifier)
+    return RankerReward(config.ranker)
+
+
+def scoring_model(config: RewardConfig, goal: str) -> RewardModel:
+    """The reward model ``config`` describes, with no LLM, label store or trainer behind it: load
+    a run's checkpointed ``reward["model"]`` state into it to score captions offline (``kudos
+    report``). ``goal``: the task's goal preset, used when ``config.goal`` is None."""
+    if config.type == "none":
+        raise ConfigError("reward type 'none' has no reward model")
+    goal = config.goal or goal
+    if config.type != "ensemble":
+        return _new_model(config.type, config, goal)
+    return EnsembleReward([_new_model(t, config, goal) for t in config.member_types], k=config.ensemble_k)
 
 
 class IntrinsicReward:
@@ -165,12 +209,18 @@ class IntrinsicReward:
     def _template(self, kind: str) -> PromptTemplate:
         return PromptTemplate(kind=kind, goal=self.goal, format=self.llm.format)  # type: ignore[arg-type]
 
-    def _open_llm(self) -> None:
+    def _open_store(self) -> LabelStore:
         if self.store is None:
             location = self.llm.store or default_store_path()
             self.store = open_store(location if "://" in location else Path(location).expanduser())
+        return self.store
+
+    def _open_llm(self) -> None:
+        self._open_store()
         if self.backend is None:
-            self.backend = make_backend(self.llm.backend, threads=self.llm.threads)
+            startup.info("connecting to the LLM (%s)", self.llm.backend)
+            http = HTTPConfig(client_error_limit_s=self.llm.client_error_limit_s)
+            self.backend = make_backend(self.llm.backend, threads=self.llm.threads, model=self.llm.model, config=http)
 
     def _annotator(self, kind: str) -> Annotator:
         if kind not in self.annotators:
@@ -178,23 +228,21 @@ class IntrinsicReward:
             assert self.store is not None and self.backend is not None
             annotator = Annotator(
                 self.backend, self.store, self._template(kind),
-                AnnotatorConfig(batch_size=self.llm.batch_size, nice=self.llm.nice),
+                AnnotatorConfig(
+                    batch_size=self.llm.batch_size, nice=self.llm.nice,
+                    skip_empty=self.config.skip_empty_caption, pair_sampling=self.config.pair_sampling,  # type: ignore[arg-type]
+                ),
             )
             self.annotators[kind] = annotator
         return self.annotators[kind]
 
     def _build(self, kind: str) -> RewardModel:
-        if kind == "cosine":
-            return EmbeddingCosineReward(GOALS[self.goal])
         if kind == "motif":
             return self._offline_motif()
-        model: RewardModel
-        if kind == "retrieval":
-            model, question = RetrievalReward(), "classify"
-        elif kind == "classification":
-            model, question = ClassifierReward(self.config.classifier), "classify"
-        else:
-            model, question = RankerReward(self.config.ranker), "rank"
+        model = _new_model(kind, self.config, self.goal)
+        if kind == "cosine":
+            return model
+        question = "rank" if kind == "ranking" else "classify"
         # The classifier learns from the LLM's answer probabilities (soft labels, where stored);
         # retrieval and ranking keep its answers.
         soft = kind == "classification"
@@ -202,21 +250,27 @@ class IntrinsicReward:
         return model
 
     def _offline_motif(self) -> RewardModel:
-        self._open_llm()
-        assert self.store is not None and self.backend is not None
-        template = self._template("rank")
+        store = self._open_store()
+        # The LLM is not asked during training: only its id and question are needed, and loading
+        # the embedded model to read them would cost tens of seconds.
+        backend: Any
+        if self.llm.backend == "embedded":
+            backend, model_id = EmbeddedLLM, EMBEDDED_MODEL_ID
+        else:
+            self._open_llm()
+            backend = self.backend
+            model_id = backend.model_id
         # The same question an annotator asks (for small models: pairs derived from scores).
-        spec = resolve_spec(template, self.backend)
-        source = StoreLabelSource(self.store, spec.version_hash, self.backend.model_id)
-        pairs, _ = source.read(0, 10_000_000)
+        spec = resolve_spec(self._template("rank"), backend)
+        startup.info("offline Motif: reading the stored pair labels")
+        pairs, _ = StoreLabelSource(store, spec.version_hash, model_id).read(0, 10_000_000)
         if not pairs:
             raise KudosError(
                 f"offline Motif found no pair labels for goal {self.goal!r} and model "
-                f"{self.backend.model_id!r} in {self.llm.store or default_store_path()}: label a pair "
+                f"{model_id!r} in {self.llm.store or default_store_path()}: label a pair "
                 "dataset (JSONL lines with \"first\" and \"second\") with `kudos annotate` first"
             )
-        log.info("offline Motif: fitting a ranker to %d stored pair labels", len(pairs))
-        return train_offline_motif(pairs, steps=self.config.motif_steps)
+        return train_offline_motif(pairs, config=self.config.ranker, steps=self.config.motif_steps)
 
     def start(self) -> IntrinsicReward:
         """Start the annotators and trainers (after :meth:`load_state_dict` when resuming)."""
@@ -230,18 +284,16 @@ class IntrinsicReward:
 
     def __call__(self, captions: Sequence[str]) -> np.ndarray:
         """Intrinsic rewards of ``captions`` (N strings) under the latest model: float32 ``(N,)``.
-
-        A step without a message (``""``) earns nothing, whatever the model would say of it:
-        there is no event to reward, and it is never sent to the LLM.
-        """
-        empty = np.fromiter((c == "" for c in captions), dtype=bool, count=len(captions))
-        return np.where(empty, np.float32(0.0), self.model(captions)).astype(np.float32, copy=False)
+        ``""`` is scored like any caption unless ``config.skip_empty_caption``."""
+        return intrinsic_rewards(self.model, captions, self.config.skip_empty_caption)
 
     def submit(self, captions: Sequence[str]) -> None:
-        """Hand captions to the annotators (returns at once; known captions and ``""`` are skipped)."""
-        worth_asking = [c for c in captions if c]
+        """Hand the captions a learner saw (all of them, repeats included: ranking samples pairs
+        by frequency) to the annotators; returns at once. Raises the one-line
+        :class:`~kudos.feedback.llm.LLMConfigError` that stopped an annotator, if one did."""
+        distinct = list(dict.fromkeys(captions))
         for annotator in self.annotators.values():
-            annotator.submit(worth_asking)
+            annotator.submit(captions if annotator.spec.kind == "rank" else distinct)
 
     def metrics(self) -> dict[str, float]:
         """Annotator and reward-model-trainer counters, flattened for logging."""
@@ -257,10 +309,14 @@ class IntrinsicReward:
                 f"llm/{kind}/server_errors": m.server_errors,
                 f"llm/{kind}/dropped": m.dropped,
             })
+        for key, value in getattr(self.backend, "stats", {}).items():
+            if key in ("failed_requests", "http_errors", "bad_replies", "timeouts", "connection_errors"):
+                out[f"llm/endpoints/{key}"] = value
         for i, trainer in enumerate(self.trainers):
             m = trainer.metrics
             out[f"reward_model/{i}/labels"] = m.labels
             out[f"reward_model/{i}/steps"] = m.steps
+            out[f"reward_model/{i}/errors"] = m.errors
             if m.validation_accuracy is not None:
                 out[f"reward_model/{i}/validation_accuracy"] = m.validation_accuracy
             if m.train_accuracy is not None:
@@ -268,11 +324,16 @@ class IntrinsicReward:
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "trainers": [t.state_dict() for t in self.trainers],
-            "annotators": {kind: a.state_dict() for kind, a in self.annotators.items()},
-        }
+        """One consistent snapshot: every trainer is held between its steps while the model,
+        its label dataset and the trainers' cursors are copied."""
+        with ExitStack() as stack:
+            for trainer in self.trainers:
+                stack.enter_context(trainer.lock)
+            return {
+                "model": self.model.state_dict(),
+                "trainers": [t.state_dict() for t in self.trainers],
+                "annotators": {kind: a.state_dict() for kind, a in self.annotators.items()},
+            }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -283,12 +344,17 @@ class IntrinsicReward:
         for kind, saved in state["annotators"].items():
             self.annotators[kind].load_state_dict(saved)
 
-    def close(self) -> None:
-        """Stop trainers and annotators, then release the LLM and the store."""
-        for trainer in self.trainers:
-            trainer.stop()
+    def stop(self) -> None:
+        """Stop the annotators (each stores the batch it has in flight) and then the trainers;
+        counters, :meth:`metrics` and :meth:`state_dict` stay readable. Idempotent."""
         for annotator in self.annotators.values():
             annotator.close()
+        for trainer in self.trainers:
+            trainer.stop()
+
+    def close(self) -> None:
+        """:meth:`stop`, then release the LLM and the store."""
+        self.stop()
         if self.backend is not None:
             self.backend.close()
         if self.store is not None:

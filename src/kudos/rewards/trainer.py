@@ -7,11 +7,18 @@ measures train and validation accuracy on the held-out slice, and checkpoints at
 Scoring (in the RL loop) keeps using the last published weights and never waits for it.
 
 Models that do not train by steps (retrieval) are fitted as soon as labels arrive.
+
+:attr:`OnlineRewardTrainer.lock` is held for each round of work (read, step, checkpoint), so a
+caller that holds it (a run's checkpoint) copies the model, its optimiser and its label dataset
+between two steps, never in the middle of one. A model that fails to train (e.g. a checkpoint
+whose optimiser does not match the network) is counted in ``metrics.errors`` and logged as an
+error; the run goes on scoring with the last published weights.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -103,6 +110,8 @@ class OnlineRewardTrainer:
         self.cursor = 0
         self._metrics = TrainerMetrics()
         self._metrics_lock = threading.Lock()
+        #: Held while the trainer works on the model; hold it to read a consistent state.
+        self.lock = threading.RLock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -205,21 +214,32 @@ class OnlineRewardTrainer:
         while not self._stop.is_set():
             now = time.monotonic()
             try:
-                if now >= self._next_read:
-                    self._next_read = now + cfg.poll_interval_s
-                    self.ingest()
-                if now >= self._next_step and self.step():
-                    held = len(self.model.dataset) if isinstance(self.model, LearnedRewardModel) else 0
-                    rate = cfg.warmup_steps_per_s if held < cfg.warmup_labels else cfg.steady_steps_per_s
-                    self._next_step = now + 1.0 / rate
-                if cfg.checkpoint_path and now >= self._next_checkpoint:
-                    self._next_checkpoint = now + cfg.checkpoint_every_s
-                    self.checkpoint(cfg.checkpoint_path)
-            except Exception as err:  # training must never stop the RL run
-                log.exception("reward-model trainer error (continuing)")
+                with self.lock:
+                    if now >= self._next_read:
+                        self._next_read = now + cfg.poll_interval_s
+                        if self.ingest():
+                            self._next_step = min(self._next_step, now)
+                    if now >= self._next_step:
+                        if self.step():
+                            held = len(self.model.dataset) if isinstance(self.model, LearnedRewardModel) else 0
+                            rate = cfg.warmup_steps_per_s if held < cfg.warmup_labels else cfg.steady_steps_per_s
+                            self._next_step = now + 1.0 / rate
+                        else:
+                            # Nothing to train on until new labels are read: sleep until then
+                            # instead of asking again in a loop that holds the GIL.
+                            self._next_step = math.inf
+                    if cfg.checkpoint_path and now >= self._next_checkpoint:
+                        self._next_checkpoint = now + cfg.checkpoint_every_s
+                        self.checkpoint(cfg.checkpoint_path)
+            except Exception as err:  # training must never stop the RL run, but must not fail unseen
                 with self._metrics_lock:
                     self._metrics.errors += 1
                     self._metrics.last_error = f"{type(err).__name__}: {err}"
+                    errors = self._metrics.errors
+                if errors == 1:
+                    log.exception("the reward model cannot train (scoring keeps its last published weights)")
+                else:
+                    log.error("the reward model cannot train (%d errors so far): %s", errors, self._metrics.last_error)
                 self._stop.wait(cfg.poll_interval_s)
                 continue
             wait = min(self._next_read, max(self._next_step, now)) - time.monotonic()
@@ -230,7 +250,9 @@ class OnlineRewardTrainer:
     # --- checkpoints ----------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        return {"cursor": self.cursor, "model": self.model.state_dict(), "metrics": asdict(self.metrics)}
+        """Cursor, model and counters, copied between two training steps (under :attr:`lock`)."""
+        with self.lock:
+            return {"cursor": self.cursor, "model": self.model.state_dict(), "metrics": asdict(self.metrics)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])

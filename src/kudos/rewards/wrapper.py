@@ -7,6 +7,10 @@
   TorchRL) can use it.
 - :func:`shaped_rewards` does the same for a whole rollout at once, for learners that compute
   rewards at training time with the latest reward model (as kudos's learner does).
+
+Empty captions (``""``, a step without a message) are scored like any other caption, as in ONI;
+``skip_empty_caption=True`` pays them 0 and does not hand them to ``on_caption``
+(:func:`intrinsic_rewards` is that one rule, shared with :class:`~kudos.rewards.online.IntrinsicReward`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,18 @@ from kudos.rewards.shaping import RewardShaper, ShapingConfig
 CaptionFn = Callable[[Any, dict[str, Any]], str]
 
 
+def intrinsic_rewards(
+    model: Callable[[Sequence[str]], np.ndarray], captions: Sequence[str], skip_empty_caption: bool = False
+) -> np.ndarray:
+    """``model(captions)`` as float32 ``(N,)``; with ``skip_empty_caption``, ``""`` earns 0
+    whatever the model says of it (ONI scores ``""`` like any other caption)."""
+    rewards = np.asarray(model(captions), dtype=np.float32)
+    if not skip_empty_caption:
+        return rewards
+    empty = np.fromiter((c == "" for c in captions), dtype=bool, count=len(captions))
+    return np.where(empty, np.float32(0.0), rewards).astype(np.float32, copy=False)
+
+
 class IntrinsicRewardWrapper(gym.Wrapper):
     """Adds ``c_int * shape(model(caption)) / N_episode(caption) ** beta`` to the env's scaled reward.
 
@@ -37,6 +53,8 @@ class IntrinsicRewardWrapper(gym.Wrapper):
             ``info["caption"]``, as kudos's NetHack envs provide.
         on_caption: called with ``[caption]`` every step, e.g. an annotator's ``submit`` so that
             new captions get labelled (it must not block).
+        skip_empty_caption: pay ``""`` nothing and do not pass it to ``on_caption`` (default:
+            ONI's rule, ``""`` is a caption like any other).
 
     ``info`` gains ``r_ext`` (the env's reward), ``r_int`` (the model's reward) and
     ``caption_count``. Episode counts come from ``info["caption_count"]`` when the env gives
@@ -50,8 +68,10 @@ class IntrinsicRewardWrapper(gym.Wrapper):
         shaping: ShapingConfig | RewardShaper | None = None,
         caption_fn: CaptionFn | None = None,
         on_caption: Callable[[list[str]], None] | None = None,
+        skip_empty_caption: bool = False,
     ) -> None:
         super().__init__(env)
+        self.skip_empty_caption = skip_empty_caption
         self.model = model
         self.shaper = shaping if isinstance(shaping, RewardShaper) else RewardShaper(shaping, num_envs=1)
         if self.shaper.num_envs != 1:
@@ -80,11 +100,11 @@ class IntrinsicRewardWrapper(gym.Wrapper):
             count = int(info["caption_count"])
         else:
             count = self.counter.observe(caption)
-        r_int = self.model([caption])
+        r_int = intrinsic_rewards(self.model, [caption], self.skip_empty_caption)
         shaped = self.shaper(
             np.array([float(reward)]), r_int, np.array([count]), np.array([terminated or truncated])
         )
-        if self.on_caption is not None:
+        if self.on_caption is not None and (caption or not self.skip_empty_caption):
             self.on_caption([caption])
         info = {**info, "r_ext": float(reward), "r_int": float(r_int[0]), "caption_count": count}
         return obs, float(shaped[0]), terminated, truncated, info
@@ -97,12 +117,14 @@ def shaped_rewards(
     captions: Sequence[str] | Sequence[Sequence[str]],
     counts: np.ndarray,
     dones: np.ndarray,
+    skip_empty_caption: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Shaped rewards of a rollout, scored by ``model`` now.
 
     ``r_env``, ``counts``, ``dones``: ``(T, B)`` (or ``(B,)``) extrinsic rewards, caption
     counts (>= 1) and episode ends; ``captions``: the matching captions, T lists of B (or B).
     Call it once per rollout, in time order (the shaper's episode cap carries over).
+    ``skip_empty_caption``: ``""`` earns 0 (see :func:`intrinsic_rewards`).
 
     Returns ``(total, r_int)``, both float32 of ``r_env``'s shape: the shaped reward and the
     model's raw reward.
@@ -116,5 +138,5 @@ def shaped_rewards(
         flat = list(captions)
         if len(flat) != r_env.size:
             raise KudosError(f"got {len(flat)} captions for {r_env.size} rewards")
-    r_int = model(flat).reshape(r_env.shape)
+    r_int = intrinsic_rewards(model, flat, skip_empty_caption).reshape(r_env.shape)
     return shaper(r_env, r_int, counts, dones), r_int

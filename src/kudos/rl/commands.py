@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from typing import Any
@@ -12,6 +13,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from kudos import STARTUP_LOG
 from kudos.errors import KudosError
 
 console = Console()
@@ -30,7 +32,13 @@ _DISPLAY: tuple[tuple[str, str, str], ...] = (
     ("llm/rank/labels", "labels (rank)", "{:,.0f}"),
     ("llm/rank/queue_depth", "LLM queue (rank)", "{:,.0f}"),
     ("llm/rank/labels_per_s", "labels/s (rank)", "{:.2f}"),
+    ("llm/classify/server_errors", "LLM server errors (classify)", "{:,.0f}"),
+    ("llm/rank/server_errors", "LLM server errors (rank)", "{:,.0f}"),
+    ("llm/endpoints/failed_requests", "LLM requests failed (after retries)", "{:,.0f}"),
+    ("llm/classify/dropped", "captions dropped, backlog full (classify)", "{:,.0f}"),
+    ("llm/rank/dropped", "pairs dropped, backlog full (rank)", "{:,.0f}"),
     ("reward_model/0/validation_accuracy", "reward model val. accuracy", "{:.1%}"),
+    ("reward_model/0/errors", "reward model training errors", "{:,.0f}"),
     ("learner/policy_loss", "policy loss", "{:.4f}"),
     ("learner/entropy", "entropy", "{:.3f}"),
 )
@@ -50,6 +58,7 @@ def register(subparsers: Any) -> None:
         help="intrinsic reward: none, retrieval, classification (default), ranking, motif, cosine, ensemble",
     )
     train.add_argument("--llm", help="'embedded' (default) or OpenAI-compatible endpoints, comma-separated")
+    train.add_argument("--llm-model", help="model the endpoints serve (default: the one listed by GET /v1/models)")
     train.add_argument("--store", help="label store: SQLite path or postgresql:// URL (default: per-user store)")
     train.add_argument("--steps", type=int, help="env steps to train on")
     train.add_argument("--seed", type=int)
@@ -66,6 +75,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         "env.task": args.task,
         "reward.type": args.reward,
         "llm.backend": args.llm,
+        "llm.model": args.llm_model,
         "llm.store": args.store,
         "run.steps": args.steps,
         "env.seed": args.seed,
@@ -101,6 +111,9 @@ def run_train(args: argparse.Namespace) -> int:
     if config.run.steps < 1:
         raise KudosError(f"run.steps must be >= 1, got {config.run.steps}")
 
+    # Start-up phases that take seconds (loading the LLM, fitting offline Motif, starting env
+    # workers) log to STARTUP_LOG; show them, so start-up is never a silent wait.
+    logging.getLogger(STARTUP_LOG).setLevel(logging.INFO)
     interactive = console.is_terminal
     live = Live(console=console, auto_refresh=False) if interactive else None
     last_line = 0.0

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import yaml
 
+from kudos import STARTUP_LOG
 from kudos.config import KudosConfig, load_config
 from kudos.envs import get_task
 from kudos.envs.vector import VectorNetHack
@@ -46,6 +47,7 @@ from kudos.rl.rollout import Rollout, RolloutCollector
 from kudos.rl.runstats import RunStats
 
 log = logging.getLogger(__name__)
+startup = logging.getLogger(STARTUP_LOG)
 
 CONFIG_NAME = "config.yaml"
 _RECENT_EPISODES = 100
@@ -174,6 +176,7 @@ class Trainer:
             self._restore(checkpoint)
         # Resumed runs play new games: reseed so they do not replay the first run's episodes.
         env_seed = config.env.seed + 1_000_003 * self.progress.updates
+        startup.info("starting %d envs in %d worker processes", config.env.num_envs, config.env.num_workers)
         self.vec = VectorNetHack(
             self.task,
             config.env.num_envs,
@@ -258,7 +261,7 @@ class Trainer:
         if self.reward is None:
             r_int = np.zeros_like(rollout.env_rewards)
         else:
-            self.reward.submit(list(dict.fromkeys(flat)))
+            self.reward.submit(flat)
             r_int = self.reward(flat).reshape(rollout.env_rewards.shape)
         shaped = self.shaper(rollout.env_rewards, r_int, rollout.caption_counts, rollout.dones[1:])
         return shaped, r_int
@@ -336,6 +339,8 @@ class Trainer:
                 if now >= next_checkpoint:
                     self.checkpoint()
                     next_checkpoint = now + self.config.run.checkpoint_every_s
+            if self.reward is not None:
+                self.reward.stop()  # the LLM batch in flight is stored and counted before the last report
             self._report(started, steps_at_start)
             self.checkpoint()
         finally:

@@ -1,0 +1,132 @@
+"""Does a failing LLM endpoint slow training? `kudos train --reward classification` against a healthy
+and a faulty local OpenAI-compatible server, alternated, printing env steps/s and the median ratio.
+
+Both servers are instant local stand-ins for a fast remote LLM (this bench measures what faults
+cost the trainer, not what an LLM costs): the healthy one answers every completion with "1" or
+"0" and its top log-probabilities; the faulty one cycles through a non-JSON body, HTTP 500 and a
+reply with no choices. Both list one model at GET /v1/models. Each run is a fresh `kudos train`
+process on its own label store, so no label is reused. Target (issue 17): faulty/healthy >= 0.9.
+
+By default the runs train with ``reward.c_int=0``: the whole reward side runs (annotator, reward
+trainer, scoring every rollout) but the intrinsic reward does not steer the policy, so both runs
+play alike and the ratio is the cost of the faults alone. With ``--c-int 0.4`` (kudos's default)
+the healthy run's labels also change what the agent does, and with it how often games reset
+(about a third of random play's env time is spent in ``reset``), which moves steps/s either way.
+
+    .venv/bin/python bench/llm_faults.py [--steps 16384] [--repeats 3] [--c-int 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+MODEL = "bench-stand-in"
+
+
+class StandInLLM:
+    """A tiny OpenAI-compatible server on a free localhost port; ``faulty`` makes every completion
+    fail (garbage, 500, empty choices, in turn)."""
+
+    def __init__(self, faulty: bool) -> None:
+        faults = itertools.cycle(("garbage", "http500", "no_choices"))
+        lock = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self._send(200, {"object": "list", "data": [{"id": MODEL, "object": "model"}]})
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                if faulty:
+                    with lock:
+                        fault = next(faults)
+                    if fault == "http500":
+                        self._send(500, {"error": "internal"})
+                    elif fault == "garbage":
+                        self._raw(200, b"<html>upstream exploded")
+                    else:
+                        self._send(200, {"choices": []})
+                    return
+                text = json.dumps(body)
+                answer = "1" if "kill" in text else "0"
+                top = [{"token": answer, "logprob": -0.1}, {"token": "10"[int(answer)], "logprob": -2.4}]
+                self._send(200, {"model": MODEL, "choices": [{
+                    "index": 0, "message": {"role": "assistant", "content": answer},
+                    "logprobs": {"content": [{"token": answer, "logprob": -0.1, "top_logprobs": top}]},
+                }]})
+
+            def _send(self, status: int, obj: object) -> None:
+                self._raw(status, json.dumps(obj).encode())
+
+            def _raw(self, status: int, payload: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def train_rate(url: str, steps: int, c_int: float, workdir: Path, name: str) -> tuple[float, str]:
+    """env steps/s of one `kudos train` run (its last progress line) and that line."""
+    cmd = [
+        sys.executable, "-m", "kudos.cli", "train", "--task", "Score", "--reward", "classification",
+        "--llm", url, "--steps", str(steps), "--output", str(workdir / name),
+        "--store", str(workdir / f"{name}.sqlite"), "--set", "run.log_every_s=1", "--set", f"reward.c_int={c_int}",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if out.returncode != 0:
+        raise SystemExit(f"{name}: kudos train failed:\n{out.stderr[-2000:]}")
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("steps ")]
+    match = re.search(r"([\d,]+) steps/s", lines[-1])
+    assert match, lines[-1]
+    return float(match.group(1).replace(",", "")), lines[-1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=16384, help="env steps per run")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per server, alternated")
+    parser.add_argument("--c-int", type=float, default=0.0, help="intrinsic reward coefficient of the runs")
+    args = parser.parse_args()
+    healthy, faulty = StandInLLM(faulty=False), StandInLLM(faulty=True)
+    rates: dict[str, list[float]] = {"healthy": [], "faulty": []}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for i in range(args.repeats):
+                for name, server in (("healthy", healthy), ("faulty", faulty)):
+                    rate, line = train_rate(server.url, args.steps, args.c_int, Path(tmp), f"{name}{i}")
+                    rates[name].append(rate)
+                    print(f"run {i} {name:8s} {rate:8.0f} env steps/s   ({line})", flush=True)
+    finally:
+        healthy.close()
+        faulty.close()
+    ratios = [f / h for f, h in zip(rates["faulty"], rates["healthy"])]
+    print(f"healthy median {statistics.median(rates['healthy']):.0f} env steps/s, "
+          f"faulty median {statistics.median(rates['faulty']):.0f} env steps/s")
+    print(f"faulty/healthy per pair: {', '.join(f'{r:.2f}' for r in ratios)}; median ratio {statistics.median(ratios):.2f}")
+
+
+if __name__ == "__main__":
+    main()
