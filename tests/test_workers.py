@@ -180,3 +180,20 @@ def test_workers_size_the_policy_to_the_tasks_action_set():
     with Sampler(task.name, POLICY, policy.state_dict(), _config(num_workers=1)) as sampler:
         sample = sampler.next_batch(timeout=120)
         assert 0 <= int(sample.batch.actions.min()) and int(sample.batch.actions.max()) < task.num_actions
+
+
+def test_whole_rounds_give_every_env_once_in_order_and_continue_each_env():
+    """What `kudos train` uses: column i is env i in every batch, and each column continues where
+    the same column of the previous batch stopped."""
+    policy = NetHackPolicy(POLICY, NUM_ACTIONS)
+    config = _config(batch_slots=4, whole_rounds=True)
+    with Sampler("Score", POLICY, policy.state_dict(), config) as sampler:
+        previous = None
+        for _ in range(4):
+            sample = sampler.next_batch(timeout=120)
+            assert sample.env_ids.tolist() == [0, 1, 2, 3]
+            blstats = sample.batch.obs["blstats"].numpy()
+            if previous is not None:
+                assert np.array_equal(blstats[0], previous)
+            previous = blstats[T].copy()
+        sampler.pool.check()

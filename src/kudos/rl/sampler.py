@@ -9,7 +9,8 @@ slots are reclaimed and it is restarted with fresh games.
 
 :meth:`Sampler.next_batch` takes ``batch_slots`` full slots, drops those whose oldest step was
 acted by a policy more than ``max_policy_lag`` versions behind the newest published one
-(counted), copies the rest into one batch and frees the slots. :meth:`Sampler.publish` puts new
+(counted), copies the rest into one batch and frees the slots; with ``whole_rounds`` it takes
+the oldest full slot of every half instead, in env order. :meth:`Sampler.publish` puts new
 weights in shared memory for the actors.
 
 Rollouts are asynchronous: which policy version acted on which step depends on timing, so runs
@@ -69,6 +70,11 @@ class SamplerConfig:
     (:mod:`kudos.rl.workers`); ``max_policy_lag``: slots acted by an older policy are dropped;
     ``slots_ahead``: free slots each half holds beyond the one it fills; ``seed``: env ``i`` is
     first reset with ``seed + i``; ``max_episode_steps``: None for the task's.
+
+    ``whole_rounds``: every batch holds the oldest full slot of every half, in env order, so
+    column ``i`` is env ``i`` (per-env state such as reward shaping's lines up across batches as
+    with a lockstep vector); ``batch_slots`` must then be ``2 * num_workers`` and no slot is
+    dropped as stale (the lag is still recorded).
     """
 
     num_workers: int = 2
@@ -80,6 +86,7 @@ class SamplerConfig:
     slots_ahead: int = 1
     seed: int | None = 0
     max_episode_steps: int | None = None
+    whole_rounds: bool = False
 
     def __post_init__(self) -> None:
         checks = {
@@ -90,6 +97,8 @@ class SamplerConfig:
             f"inference must be one of {INFERENCE_MODES}": self.inference in INFERENCE_MODES,
             "max_policy_lag must be >= 0": self.max_policy_lag >= 0,
             "slots_ahead must be >= 0": self.slots_ahead >= 0,
+            "whole_rounds needs batch_slots == 2 * num_workers": not self.whole_rounds
+            or self.batch_slots == 2 * self.num_workers,
         }
         failed = [message for message, ok in checks.items() if not ok]
         if failed:
@@ -142,6 +151,7 @@ class Sampler:
         config: workers, envs, slots.
         device: where batches go and where the policy worker runs.
         version: the version of ``initial_weights`` (the learner's update count).
+        env_options: further keyword arguments of every env (e.g. ``macros``).
 
     Create it in a thread that outlives it: workers die with the thread that started them.
     """
@@ -154,10 +164,12 @@ class Sampler:
         config: SamplerConfig = SamplerConfig(),
         device: torch.device = torch.device("cpu"),
         version: int = 0,
+        env_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.config = config
         self.device = device
-        probe = make_env(task, observation_keys=POLICY_OBSERVATION_KEYS, max_episode_steps=config.max_episode_steps)
+        env_options = dict(env_options or {})
+        probe = make_env(task, observation_keys=POLICY_OBSERVATION_KEYS, max_episode_steps=config.max_episode_steps, **env_options)
         spaces = probe.observation_space
         probe.close()
         ctx = mp.get_context("spawn")
@@ -174,7 +186,10 @@ class Sampler:
         self.weights.publish(initial_weights, version)
         self.pool = SlotPool(config.num_slots)
         self._decode = CaptionDecoder()
-        self._full: deque[tuple[int, list[EpisodeSummary]]] = deque()
+        # Full slots in arrival order, per half (2 * worker + half) in whole_rounds mode.
+        self._full: list[deque[tuple[int, list[EpisodeSummary]]]] = [
+            deque() for _ in range(2 * config.num_workers if config.whole_rounds else 1)
+        ]
         self._cond = threading.Condition()
         self._send_lock = threading.Lock()
         self._credit = 2 * (1 + config.slots_ahead)
@@ -186,7 +201,9 @@ class Sampler:
         self.slots_delivered = 0
         self.slots_dropped = 0
         self.captions_truncated = 0
-        spec = WorkerSpec(task, config.envs_per_worker, config.rollout, policy_config, config.seed, config.max_episode_steps)
+        spec = WorkerSpec(
+            task, config.envs_per_worker, config.rollout, policy_config, config.seed, config.max_episode_steps, env_options
+        )
         self.workers = WorkerSet(spec, config.num_workers, self.buffers, self.weights, config.inference, device, ctx)
         for w in range(config.num_workers):
             self._top_up(w)
@@ -199,6 +216,10 @@ class Sampler:
         """Hand worker ``w`` free slots until it holds its credit (or none is free)."""
         with self._send_lock:
             held = int(np.count_nonzero(self.pool.owner == w))
+            if self.config.whole_rounds:
+                # A fast worker must not take every free slot while a batch waits for a slow one:
+                # count its full slots too, allowing one per half beyond its credit.
+                held += len(self._full[2 * w]) + len(self._full[2 * w + 1]) - 2
             for _ in range(self._credit - held):
                 slot = self.pool.take(w)
                 if slot is None:
@@ -209,6 +230,7 @@ class Sampler:
                     return  # dead: the dispatcher reclaims its slots
 
     def _dispatch(self) -> None:
+        half = self.config.envs_per_worker // 2
         try:
             while not self._closing.is_set():
                 conns = {conn: w for w, conn in enumerate(self.workers.conns)}
@@ -223,8 +245,9 @@ class Sampler:
                     self.pool.deliver(w, slot)
                     self._delivered[w] += 1
                     self.captions_truncated += truncated
+                    queue = int(self.buffers.arrays["env_ids"][slot, 0]) // half if self.config.whole_rounds else 0
                     with self._cond:
-                        self._full.append((slot, episodes))
+                        self._full[queue].append((slot, episodes))
                         self.slots_delivered += 1
                         self._cond.notify()
                     self._top_up(w)
@@ -262,18 +285,17 @@ class Sampler:
         """Make ``state_dict`` (any device) the actors' weights, as ``version``."""
         self.weights.publish(state_dict, version)
 
-    def _next_full(self, timeout: float | None) -> tuple[int, list[EpisodeSummary]]:
+    def _wait_full(self, ready: Any, timeout: float | None) -> None:
+        """Wait (holding ``_cond``) until ``ready()``; raise the dispatcher's error if it failed."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while not self._full:
-                if self._error is not None:
-                    raise self._error
-                if not self._thread.is_alive():
-                    raise RuntimeError("the sampler's dispatcher stopped")
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError("no full trajectory slot arrived in time")
-                self._cond.wait(0.5)
-            return self._full.popleft()
+        while not ready():
+            if self._error is not None:
+                raise self._error
+            if not self._thread.is_alive():
+                raise RuntimeError("the sampler's dispatcher stopped")
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError("no full trajectory slot arrived in time")
+            self._cond.wait(0.5)
 
     def next_batch(self, timeout: float | None = None) -> SampleBatch:
         """The next ``batch_slots`` fresh slots as one batch (blocks until they are full)."""
@@ -282,15 +304,22 @@ class Sampler:
         lags: list[int] = []
         versions = self.buffers.arrays["versions"]
         while len(slots) < self.config.batch_slots:
-            slot, slot_episodes = self._next_full(timeout)
-            episodes.extend(slot_episodes)
-            lag = self.version - int(versions[slot].min())
-            if lag > self.config.max_policy_lag:
-                self.slots_dropped += 1
-                self.pool.release(slot)
-                continue
-            slots.append(slot)
-            lags.append(lag)
+            with self._cond:
+                if self.config.whole_rounds:
+                    self._wait_full(lambda: all(self._full), timeout)
+                    taken = [q.popleft() for q in self._full]
+                else:
+                    self._wait_full(lambda: bool(self._full[0]), timeout)
+                    taken = [self._full[0].popleft()]
+            for slot, slot_episodes in taken:
+                episodes.extend(slot_episodes)
+                lag = self.version - int(versions[slot].min())
+                if lag > self.config.max_policy_lag and not self.config.whole_rounds:
+                    self.slots_dropped += 1
+                    self.pool.release(slot)
+                    continue
+                slots.append(slot)
+                lags.append(lag)
         batch = self._gather(np.array(slots), np.array(lags), episodes)
         for slot in slots:
             self.pool.release(slot)

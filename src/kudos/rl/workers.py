@@ -33,7 +33,7 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -65,7 +65,8 @@ class WorkerSpec:
 
     ``task``: name or spec; ``envs_per_worker``: E (even: two halves); ``steps``: T per slot;
     ``seed``: env ``i`` of the run is first reset with ``seed + i`` (None: unseeded);
-    ``max_episode_steps``: None for the task's default; ``policy``: the network sizes.
+    ``max_episode_steps``: None for the task's default; ``policy``: the network sizes;
+    ``env_options``: further keyword arguments of every env (e.g. ``macros``).
     """
 
     task: str | TaskSpec
@@ -74,6 +75,7 @@ class WorkerSpec:
     policy: PolicyConfig
     seed: int | None = 0
     max_episode_steps: int | None = None
+    env_options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def half(self) -> int:
@@ -344,7 +346,10 @@ def rollout_worker(
     torch.set_num_threads(1)
     arrays = buffers.arrays
     T, E, h = spec.steps, spec.envs_per_worker, spec.half
-    envs = [make_env(spec.task, observation_keys=POLICY_OBSERVATION_KEYS, max_episode_steps=spec.max_episode_steps) for _ in range(E)]
+    envs = [
+        make_env(spec.task, observation_keys=POLICY_OBSERVATION_KEYS, max_episode_steps=spec.max_episode_steps, **spec.env_options)
+        for _ in range(E)
+    ]
     first_id = worker * E
     halves = [_Half(2 * worker + i, envs[i * h : (i + 1) * h], np.arange(first_id + i * h, first_id + (i + 1) * h)) for i in range(2)]
     actor = _LocalActor(spec, weights, buffers, control) if inference == "worker" else _RemoteActor(control)
