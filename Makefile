@@ -16,6 +16,12 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# The kudos[ray] extra (Ray RLlib) for the tests of `kudos train --engine rllib`; `make run` does
+# without it.
+$(VENV)/.installed-ray: $(VENV)/.installed
+	$(PIP) install -e '.[ray]'
+	touch $@
+
 # The main job on embedded defaults: a short training run on NetHackScore with ONI-Classification
 # rewards, the embedded LLM labelling captions as the agent plays.
 run: install
@@ -34,10 +40,10 @@ browser:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
 # The quick suite (long tests are marked `slow` and skipped); `test-all` runs every test, as CI does.
-test: install postgres browser
+test: install $(VENV)/.installed-ray postgres browser
 	$(PY) -m pytest -q
 
-test-all: install postgres browser
+test-all: install $(VENV)/.installed-ray postgres browser
 	$(PY) -m pytest -q -m "" --durations=25
 
 bench: install

@@ -8,8 +8,8 @@ window only (start-up, env spawning, model loading and the first updates exclude
   kudos classification  ``--reward classification`` with the embedded LLM labelling captions into
                         a fresh, empty label store (so the LLM is busy the whole time); also
                         prints how many labels it produced in the window and at what rate;
-  rllib ppo             Ray RLlib PPO (new API stack) on NLE's NetHackScore-v0, in its own
-                        virtual environment (made by ``bench/setup_baseline.sh``): the same
+  rllib ppo             Ray RLlib PPO (new API stack) on NLE's NetHackScore-v0, from the
+                        ``kudos[ray]`` extra (``pip install 'kudos[ray]'``): the same
                         env count over the same number of worker processes, the same batch
                         (T x B transitions, one pass), an MLP + LSTM(128) model over the hero's
                         9x9 tty crop, blstats and message (see ``rllib_flat_env``).
@@ -23,6 +23,7 @@ Then the ratios: kudos none / rllib (target >= 1.0) and kudos classification / k
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -31,8 +32,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-RLLIB_PYTHON = BENCH / ".venv-rllib" / "bin" / "python"
 ROLLOUT = 32  # T, for both trainers
 
 
@@ -158,9 +157,10 @@ def child_rllib(args: argparse.Namespace) -> dict[str, Any]:
     return {"steps_per_s": rate, "window_s": seconds, "params": num_params, "ray": ray.__version__}
 
 
-def run_child(python: Path, args: argparse.Namespace, name: str, extra: list[str]) -> dict[str, Any]:
-    """Runs this script as ``--child name`` under ``python``; its last stdout line is the JSON result."""
-    command = [str(python), __file__, "--child", name, "--envs", str(args.envs), "--workers", str(args.workers),
+def run_child(python: Path, args: argparse.Namespace, name: str, extra: list[str], script: str = __file__) -> dict[str, Any]:
+    """Runs ``script`` (default: this one) as ``--child name`` under ``python``; its last stdout line is
+    the JSON result."""
+    command = [str(python), script, "--child", name, "--envs", str(args.envs), "--workers", str(args.workers),
                "--warmup", str(args.warmup), "--seconds", str(args.seconds), *extra]
     before = os.getloadavg()[0]
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True)
@@ -190,9 +190,9 @@ def main() -> None:
           f"{args.seconds:.0f} s measured; {os.cpu_count()} cores", flush=True)
     results: dict[str, dict[str, Any]] = {}
     if not args.skip_rllib:
-        if not RLLIB_PYTHON.exists():
-            sys.exit(f"{RLLIB_PYTHON} not found: run bench/setup_baseline.sh first (or pass --skip-rllib)")
-        results["rllib ppo"] = run_child(RLLIB_PYTHON, args, "rllib", [])
+        if importlib.util.find_spec("ray") is None:
+            sys.exit("Ray RLlib is not installed: pip install 'kudos[ray]' (or pass --skip-rllib)")
+        results["rllib ppo"] = run_child(Path(sys.executable), args, "rllib", [])
     for reward in ("none", "classification"):
         results[f"kudos {reward}"] = run_child(Path(sys.executable), args, "kudos", ["--reward", reward])
     for name, r in results.items():

@@ -269,3 +269,92 @@ def test_concurrent_processes(location: str, tmp_path: Path) -> None:
     polled = json.loads(out)
     assert [p[0] for p in polled] == sorted(r.id for r in stored)
     assert sorted(p[1] for p in polled) == sorted(expected)
+
+
+# -- claims: one asker per new item across runs (both back ends) ----------------------------------------
+def test_claims_exclude_labelled_and_foreign_items(store: LabelStore) -> None:
+    store.put_many([record("labelled")])
+    assert store.claim_many("p1", "m1", ["labelled", "a", "b"], "run-1") == ["a", "b"]
+    assert store.claim_many("p1", "m1", ["a", "b", "c"], "run-2") == ["c"]  # a, b: live claims of run-1
+    assert store.claim_many("p1", "m1", ["a", "b"], "run-1") == ["a", "b"]  # an owner renews its own
+    # Storing a label frees its claim, and a labelled item is never claimed again.
+    store.put_many([record("a")])
+    assert store.claim_many("p1", "m1", ["a"], "run-2") == []
+    assert store.release_claims("run-1", "p1", "m1", ["b"]) == 1
+    assert store.claim_many("p1", "m1", ["b"], "run-2") == ["b"]
+    assert store.release_claims("run-2") == 2  # b and c
+
+
+def test_expired_claims_are_free_and_renewal_keeps_them(store: LabelStore) -> None:
+    import time
+
+    from kudos.feedback.store import ClaimHeartbeat
+
+    assert store.claim_many("p1", "m1", ["x", "y"], "dead", lease_s=0.3) == ["x", "y"]
+    beat = ClaimHeartbeat(store, "alive", lease_s=0.3)
+    try:
+        assert store.claim_many("p1", "m1", ["z"], "alive", lease_s=0.3) == ["z"]
+        time.sleep(0.6)
+        # "dead" renewed nothing: its claims lapsed; "alive"'s heartbeat kept z.
+        assert store.claim_many("p1", "m1", ["x", "y", "z"], "other") == ["x", "y"]
+    finally:
+        beat.stop()
+    assert beat.failures == 0
+
+
+_CLAIMER = textwrap.dedent(
+    """
+    import json, sys, time
+    from kudos.feedback.store import LabelRecord, open_store
+    location, worker, hold = sys.argv[1], sys.argv[2], sys.argv[3] == "hold"
+    owner = f"worker-{worker}"
+    asked = []
+    with open_store(location) as store:
+        for batch in range(15):
+            # Every worker wants the same 25 captions per batch, 5 of them also in the next batch.
+            items = [f"caption {batch * 20 + i}" for i in range(25)]
+            missing = [c for c in items if c not in store.get_many("p", "m", items)]
+            mine = store.claim_many("p", "m", missing, owner, lease_s=30.0)
+            if hold:  # a run that dies holding its claims
+                print(json.dumps(mine), flush=True)
+                time.sleep(600)
+            asked += mine
+            time.sleep(0.02)  # the LLM call: the window in which another run would ask again
+            store.put_many([LabelRecord("p", "m", "classify", c, None, 1, None, owner, 0.0, time.time())
+                            for c in mine])
+    print(json.dumps(asked))
+    """
+)
+
+
+def test_concurrent_processes_claim_each_item_once(location: str) -> None:
+    open_store(location).close()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    workers = [subprocess.Popen([sys.executable, "-c", _CLAIMER, location, str(w), "run"], stdout=subprocess.PIPE,
+                                env=env, text=True) for w in range(4)]
+    outputs = [w.communicate(timeout=120)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0, 0, 0]
+    asked = [c for out in outputs for c in json.loads(out)]
+    assert len(asked) == len(set(asked))  # no caption was asked by two workers
+    with open_store(location) as s:
+        stored = {r.caption: r.reply for r in s.iter_all()}
+    assert set(asked) == set(stored)  # and every caption was asked (by the one that stored it)
+
+
+def test_killed_owner_does_not_block_after_its_lease(location: str) -> None:
+    import signal
+    import time
+
+    open_store(location).close()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    holder = subprocess.Popen([sys.executable, "-c", _CLAIMER.replace("lease_s=30.0", "lease_s=1.0"), location, "0",
+                               "hold"], stdout=subprocess.PIPE, env=env, text=True)
+    assert holder.stdout is not None
+    held = json.loads(holder.stdout.readline())
+    assert len(held) == 25
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(timeout=30)
+    with open_store(location) as s:
+        assert s.claim_many("p", "m", held, "survivor", lease_s=30.0) == []  # the lease still runs
+        time.sleep(1.2)
+        assert s.claim_many("p", "m", held, "survivor", lease_s=30.0) == held

@@ -40,7 +40,7 @@ from kudos.errors import ConfigError
 from kudos.feedback.llm import LLMBackend, LLMConfigError, LLMError, LLMReply, LLMRequest
 from kudos.feedback.parse import derive_preference, parse_label
 from kudos.feedback.prompts import LabelSpec, PairwiseFromPointwise, PromptTemplate
-from kudos.feedback.store import Item, LabelRecord, LabelStore, StoreError
+from kudos.feedback.store import ClaimHeartbeat, Item, LabelRecord, LabelStore, StoreError, new_claim_owner
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +209,9 @@ class AnnotatorConfig:
         distinct caption with earlier ones, each caption once ever.
     reservoir_size: observations (oni) or distinct captions (per_new_caption) kept for pairing.
     skip_empty: "" is never asked about (ONI asks about it like any other caption).
+    claim_lease_s: before asking, the worker claims its batch in the store for this long (renewed
+        every third of it while it lives), so runs sharing a store ask about each item once; an
+        item another run holds is checked against the store again ``claim_retry_s`` later.
     backoff_s / max_backoff_s: wait after a server fault, doubling per consecutive fault (seconds).
     nice: added to the worker thread's scheduling niceness (Linux): an in-process LLM then
         yields the cores to training when both want them, and takes what is left.
@@ -225,6 +228,8 @@ class AnnotatorConfig:
     reservoir_size: int = 10_000
     pairs_per_caption: int = 1
     skip_empty: bool = False
+    claim_lease_s: float = 60.0
+    claim_retry_s: float = 1.0
     backoff_s: float = 0.5
     max_backoff_s: float = 30.0
     seed: int = 0
@@ -313,6 +318,9 @@ class Annotator:
         self._seen: set[str] = set()
         self._intake: list[Item] = []  # captions, or pairs already sampled (oni pair sampling)
         self._restored: list[Item] = []  # items from load_state_dict, checked against the store too
+        self._elsewhere: list[tuple[float, Item]] = []  # (when to look again, item) claimed by another run
+        self._owner = new_claim_owner()
+        self._heartbeat: ClaimHeartbeat | None = None
         self._pending: OrderedDict[Item, None] = OrderedDict()
         self._inflight: set[Item] = set()
         self._backlog = 0
@@ -396,7 +404,7 @@ class Annotator:
             self._prune_rate(now)
             looked_up = c.cache_hits + c.cache_misses
             return AnnotatorMetrics(
-                queue_depth=len(self._intake) + len(self._restored) + len(self._pending),
+                queue_depth=len(self._intake) + len(self._restored) + len(self._elsewhere) + len(self._pending),
                 in_flight=len(self._inflight),
                 labels=c.labels,
                 labels_per_s=sum(n for _, n in c.rate) / max(1e-9, min(_RATE_WINDOW_S, now - self._started)),
@@ -427,7 +435,8 @@ class Annotator:
     def state_dict(self) -> dict[str, Any]:
         """Items not yet labelled (oldest first) and the pair reservoir, JSON-serialisable."""
         with self._lock:
-            waiting: list[Item] = [*self._restored, *self._pending, *self._inflight, *self._intake]
+            elsewhere = [item for _, item in self._elsewhere]
+            waiting: list[Item] = [*self._restored, *elsewhere, *self._pending, *self._inflight, *self._intake]
             return {
                 "pending": [item if isinstance(item, str) else list(item) for item in waiting],
                 "reservoir": list(self._reservoir),
@@ -452,6 +461,7 @@ class Annotator:
         if self._thread is None:
             self._stop.clear()
             self._started = time.monotonic()
+            self._heartbeat = ClaimHeartbeat(self.store, self._owner, self.config.claim_lease_s)
             self._thread = threading.Thread(target=self._run, name="kudos-annotator", daemon=True)
             self._thread.start()
         return self
@@ -469,6 +479,13 @@ class Annotator:
                 self._thread.join()
             self._thread = None
         self._write([])  # a last try for records a store fault held back
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
+            try:  # free what this run claimed and will not ask now (expiry would free it too)
+                self.store.release_claims(self._owner)
+            except StoreError as exc:
+                log.warning("annotator: cannot release label claims (%s); they expire on their own", exc)
 
     def __enter__(self) -> Annotator:
         return self.start()
@@ -486,7 +503,7 @@ class Annotator:
             if self._unwritten:
                 self._write([])
             self._admit()
-            batch = self._take_batch()
+            batch = self._claim(self._take_batch())
             if not batch:
                 self._wake.wait(0.5)
                 continue
@@ -509,12 +526,36 @@ class Annotator:
                 continue
             self._finish(batch, outcome)
 
+    def _claim(self, batch: list[tuple[Item, bool]]) -> list[tuple[Item, bool]]:
+        """The part of ``batch`` this run may ask about: claimed in the store, so no other run
+        sharing it asks too. Items another run holds wait ``claim_retry_s``, then are looked up
+        in the store again (labelled by then, or free once its owner's lease ran out)."""
+        if not batch:
+            return batch
+        try:
+            mine = set(self.store.claim_many(self.prompt_hash, self.model_id, [item for item, _ in batch],
+                                             self._owner, self.config.claim_lease_s))
+        except StoreError as exc:
+            self._fault(batch, "label store", exc, store=True)
+            return []
+        if len(mine) < len(batch):
+            later = time.monotonic() + self.config.claim_retry_s
+            with self._lock:
+                for item, _ in batch:
+                    if item not in mine:
+                        self._inflight.discard(item)
+                        self._elsewhere.append((later, item))
+        return [(item, old) for item, old in batch if item in mine]
+
     def _admit(self) -> None:
         """Move submitted captions (as pairs, for ranking) and restored items into pending,
         skipping items the store already has."""
+        now = time.monotonic()
         with self._lock:
             intake, self._intake = self._intake, []
-            restored, self._restored = self._restored, []
+            due = [item for when, item in self._elsewhere if when <= now]
+            self._elsewhere = [(when, item) for when, item in self._elsewhere if when > now]
+            restored, self._restored = self._restored + due, []
         if not intake and not restored:
             return
         fresh = self._sample_pairs(intake) if self._rank and not self._oni_pairs else list(intake)  # type: ignore[arg-type]
@@ -529,6 +570,7 @@ class Annotator:
             log.warning("annotator: cannot read the label store (%s); retrying", exc)
             self._sleep_backoff()
             return
+        looked_up_before = set(due)  # counted as a miss when first admitted
         with self._changed:
             self._counts.cache_hits += len(stored)
             added = 0
@@ -537,7 +579,7 @@ class Annotator:
                     continue
                 self._pending[item] = None
                 added += 1
-            self._counts.cache_misses += added
+                self._counts.cache_misses += item not in looked_up_before
             self._backlog += added - len(intake) - len(restored)
             self._changed.notify_all()
 

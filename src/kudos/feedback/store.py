@@ -9,6 +9,13 @@ machine sharing the store. Two back ends with one interface:
 
 Rows carry an id that increases in commit order, so a reward-model trainer can poll
 ``labels(prompt_hash, model_id, since_id=last_id)`` for new labels and never miss one.
+
+Claims keep runs that share a store from asking the LLM twice for the same new item: before
+asking, a run ``claim_many``-s the items it misses and asks only for those it got; the others are
+being asked by another run and arrive through the store. A claim is a row in the ``claims`` table
+with an owner and a lease (an expiry time on the database's clock for PostgreSQL, on the host's
+for SQLite): an owner that dies stops renewing, its claims expire, and the next run to ask takes
+them, so no item stays unlabelled. Storing a label deletes its claim in the same transaction.
 """
 
 from __future__ import annotations
@@ -17,8 +24,11 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import sqlite3
 import threading
+import time
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -161,10 +171,20 @@ _SCHEMA = (
 
 def _schema(postgres: bool) -> str:
     columns = ",\n    ".join(f"{name} {types[int(postgres)]}" for name, *types in _SCHEMA)
+    key_type, time_type = ("BYTEA", "DOUBLE PRECISION") if postgres else ("BLOB", "REAL")
     return (
         f"CREATE TABLE IF NOT EXISTS labels (\n    {columns}\n);\n"
-        "CREATE INDEX IF NOT EXISTS labels_by_prompt ON labels (prompt_hash, model_id, id)"
+        "CREATE INDEX IF NOT EXISTS labels_by_prompt ON labels (prompt_hash, model_id, id);\n"
+        # expires_at: unix seconds; a claim past it is free for any owner.
+        f"CREATE TABLE IF NOT EXISTS claims (key {key_type} PRIMARY KEY, owner TEXT NOT NULL, "
+        f"expires_at {time_type} NOT NULL);\n"
+        "CREATE INDEX IF NOT EXISTS claims_by_owner ON claims (owner)"
     )
+
+
+def new_claim_owner() -> str:
+    """A claim owner id unique to this process and call: host, pid and a random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 class LabelStore(ABC):
@@ -204,6 +224,15 @@ class LabelStore(ABC):
         """Insert rows (in _INSERT_COLUMNS order) in one transaction, skipping stored keys; count new."""
 
     @abstractmethod
+    def _claim(self, keys: Sequence[bytes], owner: str, lease_s: float) -> set[bytes]:
+        """In one transaction serialised with label writes: take the keys that have no label and no
+        live claim of another owner (renewing ``owner``'s own); return the keys ``owner`` now holds."""
+
+    @abstractmethod
+    def _write_claims(self, sql: str, params: Sequence[Any]) -> int:
+        """Run one UPDATE/DELETE on claims ('?' placeholders; '?now' = the store's clock); count rows."""
+
+    @abstractmethod
     def _select_since(self, where: str, params: tuple[Any, ...], limit: int) -> list[tuple[Any, ...]]:
         """Rows with id > since, in id order; ``where`` uses '?' placeholders (translated per back end)."""
 
@@ -226,6 +255,38 @@ class LabelStore(ABC):
         if not records:
             return 0
         return self._insert([_row(r) for r in records])
+
+    def claim_many(
+        self, prompt_hash: str, model_id: str, items: Sequence[Item], owner: str, lease_s: float = 60.0
+    ) -> list[Item]:
+        """Claim the items for ``owner`` for ``lease_s`` seconds; returns those it holds now, in order.
+
+        An item is not claimed when it already has a label or another owner holds a live claim on it;
+        claims ``owner`` already holds are renewed. Ask the LLM only for the returned items, then
+        ``put_many`` their records (which releases the claims) or ``release_claims`` on failure.
+        """
+        by_key = {label_key(prompt_hash, model_id, item): item for item in items}
+        keys = list(by_key)
+        held: set[bytes] = set()
+        for start in range(0, len(keys), _CHUNK):
+            held |= self._claim(keys[start : start + _CHUNK], owner, lease_s)
+        return [by_key[key] for key in keys if key in held]
+
+    def renew_claims(self, owner: str, lease_s: float = 60.0) -> int:
+        """Extend every claim ``owner`` holds to ``lease_s`` seconds from now (the heartbeat); count them."""
+        return self._write_claims("UPDATE claims SET expires_at = ?now + ? WHERE owner = ?", (lease_s, owner))
+
+    def release_claims(self, owner: str, prompt_hash: str | None = None, model_id: str | None = None,
+                       items: Sequence[Item] | None = None) -> int:
+        """Drop ``owner``'s claims on ``items`` (all its claims when items is None); count them."""
+        if items is None:
+            return self._write_claims("DELETE FROM claims WHERE owner = ?", (owner,))
+        if prompt_hash is None or model_id is None:
+            raise ValueError("release_claims with items needs their prompt_hash and model_id")
+        keys = [label_key(prompt_hash, model_id, item) for item in items]
+        return sum(
+            self._write_claims("DELETE FROM claims WHERE owner = ? AND key = ?", (owner, key)) for key in keys
+        )
 
     def labels(
         self, prompt_hash: str, model_id: str, since_id: int = 0, limit: int | None = None
@@ -290,6 +351,31 @@ class LabelStore(ABC):
 _SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
 
 
+class ClaimHeartbeat:
+    """Renews ``owner``'s claims every ``lease_s / 3`` seconds in a daemon thread until ``stop()``,
+    so a live owner keeps its claims through slow LLM calls and a dead one loses them after the lease.
+    Renewal failures are logged and counted in ``failures`` (the claims then expire: at worst an item
+    is asked twice), never raised into the caller."""
+
+    def __init__(self, store: LabelStore, owner: str, lease_s: float = 60.0) -> None:
+        self.store, self.owner, self.lease_s = store, owner, lease_s
+        self.failures = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"claims-{owner}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.lease_s / 3):
+            try:
+                self.store.renew_claims(self.owner, self.lease_s)
+            except StoreError as exc:
+                self.failures += 1
+                log.warning("cannot renew label claims of %s: %s", self.owner, exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
 
 class SQLiteLabelStore(LabelStore):
     """Label store in one SQLite file (WAL). One connection per thread; writers take the lock first
@@ -348,17 +434,48 @@ class SQLiteLabelStore(LabelStore):
         marks = ",".join("?" * len(rows[0]))
         with self._guard():
             conn = self._conn()
-            before = conn.total_changes
             conn.execute("BEGIN IMMEDIATE")
             try:
+                before = conn.total_changes
                 conn.executemany(
                     f"INSERT INTO labels ({_INSERT_COLUMNS}) VALUES ({marks}) ON CONFLICT(key) DO NOTHING", rows
                 )
+                inserted = conn.total_changes - before
+                # A stored label needs no claim: free it in the same transaction.
+                conn.executemany("DELETE FROM claims WHERE key = ?", [(row[0],) for row in rows])
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-            return conn.total_changes - before
+            return inserted
+
+    def _claim(self, keys: Sequence[bytes], owner: str, lease_s: float) -> set[bytes]:
+        now = time.time()
+        marks = ",".join("?" * len(keys))
+        with self._guard():
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")  # serialised with label writes and other claims
+            try:
+                conn.executemany(
+                    "INSERT INTO claims (key, owner, expires_at) SELECT ?, ?, ? "
+                    "WHERE NOT EXISTS (SELECT 1 FROM labels WHERE key = ?) "
+                    "ON CONFLICT(key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at "
+                    "WHERE claims.owner = excluded.owner OR claims.expires_at < ?",
+                    [(key, owner, now + lease_s, key, now) for key in keys],
+                )
+                rows = conn.execute(
+                    f"SELECT key FROM claims WHERE owner = ? AND key IN ({marks})", (owner, *keys)
+                ).fetchall()
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return {row[0] for row in rows}
+
+    def _write_claims(self, sql: str, params: Sequence[Any]) -> int:
+        with self._guard():
+            cur = self._conn().execute(sql.replace("?now", str(time.time())), params)
+            return cur.rowcount
 
     def _select_since(self, where: str, params: tuple[Any, ...], limit: int) -> list[tuple[Any, ...]]:
         with self._guard():
@@ -370,6 +487,7 @@ class SQLiteLabelStore(LabelStore):
 # Writers hold this transaction-level advisory lock, so ids are assigned in commit order (a
 # sequence alone would let a later-committing writer publish a smaller id behind a poller).
 _PG_WRITE_LOCK = 0x6B75646F73  # "kudos"
+_PG_NOW = "extract(epoch from clock_timestamp())"  # the server's clock: one clock for every machine
 _PG_ARRAY_TYPES = ("bytea", "text", "text", "text", "text", "text", "int", "float8", "text", "float8", "float8")
 
 
@@ -434,7 +552,30 @@ class PostgresLabelStore(LabelStore):
                     f"WITH ORDINALITY AS t({_INSERT_COLUMNS}, n) ORDER BY n ON CONFLICT (key) DO NOTHING",
                     columns,
                 )
-                return cur.rowcount
+                inserted = cur.rowcount
+                # A stored label needs no claim: free it in the same transaction.
+                conn.execute("DELETE FROM claims WHERE key = ANY(%s)", (columns[0],))
+                return inserted
+
+    def _claim(self, keys: Sequence[bytes], owner: str, lease_s: float) -> set[bytes]:
+        with self._guard():
+            conn = self._conn()
+            with conn.transaction():
+                # The write lock orders claims after label writes: once it is held, this statement's
+                # snapshot sees every label committed before, so a labelled key is never claimed.
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_WRITE_LOCK,))
+                rows = conn.execute(
+                    f"INSERT INTO claims (key, owner, expires_at) SELECT k, %s, {_PG_NOW} + %s "
+                    "FROM unnest(%s::bytea[]) AS t(k) WHERE NOT EXISTS (SELECT 1 FROM labels WHERE key = t.k) "
+                    "ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at "
+                    f"WHERE claims.owner = excluded.owner OR claims.expires_at < {_PG_NOW} RETURNING key",
+                    (owner, lease_s, list(keys)),
+                ).fetchall()
+        return {bytes(row[0]) for row in rows}
+
+    def _write_claims(self, sql: str, params: Sequence[Any]) -> int:
+        with self._guard():
+            return self._conn().execute(sql.replace("?now", _PG_NOW).replace("?", "%s"), params).rowcount
 
     def _select_since(self, where: str, params: tuple[Any, ...], limit: int) -> list[tuple[Any, ...]]:
         sql = f"SELECT {_COLUMNS} FROM labels WHERE {where.replace('?', '%s')} ORDER BY id"

@@ -15,6 +15,7 @@ from rich.text import Text
 
 from kudos import STARTUP_LOG
 from kudos.errors import KudosError
+from kudos.integrations.commands import add_engine_arguments, run_engine
 
 console = Console()
 
@@ -68,6 +69,7 @@ def register(subparsers: Any) -> None:
     train.add_argument("--config", help="YAML config file")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
     train.add_argument("--resume", metavar="DIR", help="continue the run in DIR (its config, plus overrides)")
+    add_engine_arguments(train)
     train.set_defaults(handler=run_train)
 
 
@@ -112,6 +114,9 @@ def run_train(args: argparse.Namespace) -> int:
         config = load_config(args.config, _overrides(args))
     if config.run.steps < 1:
         raise KudosError(f"run.steps must be >= 1, got {config.run.steps}")
+    engine_status = run_engine(args, config)  # --engine rllib runs here; None: kudos's own trainer
+    if engine_status is not None:
+        return engine_status
 
     # Start-up phases that take seconds (loading the LLM, fitting offline Motif, starting env
     # workers) log to STARTUP_LOG; show them, so start-up is never a silent wait.

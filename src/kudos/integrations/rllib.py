@@ -1,0 +1,539 @@
+"""kudos's intrinsic reward on Ray RLlib's APPO (new API stack, ray 2.60; install ``kudos[ray]``).
+
+Who does what in an RLlib run (:func:`appo_config` builds the config, :class:`KudosAPPO` runs it):
+
+- env runners (Ray actors, any node) step :class:`RLlibNetHackEnv`, kudos's task env, and act
+  with :class:`NetHackRLModule`, kudos's recurrent :class:`~kudos.rl.policy.NetHackPolicy`;
+- the learner runs :class:`IntrinsicRewardConnector` first in its connector pipeline: it scores
+  each training batch's captions with the newest reward-model snapshot it holds, replaces the
+  episodes' rewards by kudos's shaped reward and submits the captions for labelling;
+- :class:`RewardService`, one Ray actor per run, owns kudos's
+  :class:`~kudos.rewards.online.IntrinsicReward` (annotator, label store, reward-model trainer)
+  and hands out versioned, scoring-only snapshots of the reward model through the object store.
+
+Nothing on the training path waits for the LLM or the service: a connector asks for a newer
+snapshot in the background and picks it up at a later batch. Labels go to the label store, so a
+restarted service (Ray restarts it when its actor dies) relearns from every label already got,
+and runs on several machines share one PostgreSQL store (the store's claims keep them from asking
+the LLM twice for the same caption).
+
+Differences from kudos's own trainer, on purpose: RLlib resets an env on the step *after* it
+ends, so the policy sees each terminal observation (kudos's vector resets within the step); the
+GRU state is reset by RLlib at episode starts (sequences never cross episodes), and
+backpropagates through ``max_seq_len = appo.recurrence`` steps. Not supported here:
+``reward.episode_cap`` (RLlib hands the learner episode fragments in any order) and the ``cosine``
+reward (its sentence encoder does not travel as a snapshot).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import threading
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import ray
+import torch
+from ray.rllib.algorithms.appo import APPO, APPOConfig as RLlibAPPOConfig
+from ray.rllib.connectors.connector_v2 import ConnectorV2
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.learner.utils import make_target_network
+from ray.rllib.core.rl_module.apis import TARGET_NETWORK_ACTION_DIST_INPUTS, TargetNetworkAPI, ValueFunctionAPI
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+from ray.rllib.core.rl_module.torch import TorchRLModule
+
+from kudos.config import KudosConfig
+from kudos.envs import get_task, make_env
+from kudos.errors import ConfigError
+from kudos.rewards.base import RewardModel
+from kudos.rewards.ensemble import EnsembleReward
+from kudos.rewards.learned import LearnedRewardModel
+from kudos.rewards.online import IntrinsicReward, LLMConfig, RewardConfig
+from kudos.rewards.retrieval import RetrievalReward
+from kudos.rewards.shaping import RewardShaper, ShapingConfig
+from kudos.rewards.trainer import TrainerConfig
+from kudos.rewards.wrapper import shaped_rewards
+from kudos.rl.policy import POLICY_OBSERVATION_KEYS, NetHackPolicy, get_policy_config
+
+log = logging.getLogger(__name__)
+
+#: Where :func:`appo_config` puts kudos's settings in RLlib's config (``learner_config_dict``).
+SETTINGS_KEY = "kudos"
+
+
+# --- the env ------------------------------------------------------------------------------------
+
+
+class RLlibNetHackEnv(gym.Env):
+    """kudos's task env (:func:`kudos.envs.make_env`) as RLlib builds envs: from one ``env_config``
+    dict (``task``, optional ``max_episode_steps`` and ``macros``). Observations are the policy's
+    keys only, copied (NLE refills its arrays in place, and RLlib keeps every observation of a
+    fragment); ``info`` of every step holds ``caption`` and ``caption_count`` as in kudos."""
+
+    def __init__(self, env_config: dict[str, Any] | None = None) -> None:
+        env_config = dict(env_config or {})
+        self.env = make_env(
+            env_config.get("task", "Score"),
+            observation_keys=POLICY_OBSERVATION_KEYS,
+            max_episode_steps=env_config.get("max_episode_steps"),
+            macros=env_config.get("macros", "oni"),
+        )
+        self.observation_space = self.env.observation_space
+        self.action_space = self.env.action_space
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        obs, info = self.env.reset(seed=seed, options=options)
+        return {k: v.copy() for k, v in obs.items()}, {"end_status": int(info.get("end_status", 0))}
+
+    def step(self, action: int) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(int(action))
+        return {k: v.copy() for k, v in obs.items()}, reward, terminated, truncated, info
+
+    def close(self) -> None:
+        self.env.close()
+
+
+# --- the policy ---------------------------------------------------------------------------------
+
+
+class NetHackRLModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI):
+    """kudos's :class:`NetHackPolicy` (encoders + GRU core, actor and critic heads) as a stateful
+    Torch RLModule, with APPO's target network (a lagged copy of the whole policy).
+
+    ``model_config``: ``policy`` (a :data:`~kudos.rl.policy.POLICY_PRESETS` name, default
+    ``"small"``) and ``max_seq_len`` (steps per training sequence, RLlib's key). RLlib hands the
+    module batches of shape ``(B, T, ...)`` with the GRU state ``{"h": (B, H)}`` before step 0;
+    the policy runs time-major.
+    """
+
+    def setup(self) -> None:
+        self.policy = NetHackPolicy(get_policy_config(self.model_config.get("policy", "small")), self.action_space.n)
+
+    def get_initial_state(self) -> dict[str, np.ndarray]:
+        return {"h": np.zeros(self.policy.hidden_size, dtype=np.float32)}
+
+    @staticmethod
+    def _run(policy: NetHackPolicy, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits (B, T, A), values (B, T), final state (B, H)) of ``policy`` on ``batch``."""
+        obs = {k: batch[Columns.OBS][k].transpose(0, 1) for k in POLICY_OBSERVATION_KEYS}  # (T, B, ...)
+        steps, size = obs["blstats"].shape[:2]
+        # RLlib cuts sequences at episode starts and gives each its start state: no resets inside.
+        done = torch.zeros(steps, size, dtype=torch.bool, device=obs["blstats"].device)
+        out = policy(obs, batch[Columns.STATE_IN]["h"], done)
+        return out.logits.transpose(0, 1), out.values.transpose(0, 1), out.core_state
+
+    def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        logits, values, state = self._run(self.policy, batch)
+        # The values ride along as the "embeddings" compute_values() receives: one forward pass.
+        return {Columns.ACTION_DIST_INPUTS: logits, Columns.STATE_OUT: {"h": state}, Columns.EMBEDDINGS: values}
+
+    def compute_values(self, batch: dict[str, Any], embeddings: Any = None) -> torch.Tensor:
+        return self._run(self.policy, batch)[1] if embeddings is None else embeddings
+
+    def make_target_networks(self) -> None:
+        self._target = make_target_network(self.policy)
+
+    def get_target_network_pairs(self) -> list[tuple[torch.nn.Module, torch.nn.Module]]:
+        return [(self.policy, self._target)]
+
+    def forward_target(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {TARGET_NETWORK_ACTION_DIST_INPUTS: self._run(self._target, batch)[0]}
+
+
+# --- reward-model snapshots ---------------------------------------------------------------------
+
+
+def scoring_snapshot(model: RewardModel) -> RewardModel:
+    """A copy of ``model`` that scores as its published weights do and holds no training state
+    (no optimiser moments, no dataset), small enough to ship to every learner.
+
+    The one place that knows how to cut a model down to scoring; it moves to the reward models'
+    versioned snapshot API once that exists.
+    """
+    if isinstance(model, LearnedRewardModel):
+        scorer = type(model)(dataclasses.replace(model.config, average=0.0))  # type: ignore[call-arg]
+        # The published weights (what scoring uses now), read once: a concurrent publish()
+        # replaces the snapshot object, it never changes one.
+        scorer.network.load_state_dict(model._snapshot.network.state_dict())
+        scorer.publish()
+        scorer.frozen = True
+        return scorer
+    if isinstance(model, EnsembleReward):
+        return EnsembleReward([scoring_snapshot(m) for m in model.members], k=model.k)
+    # Retrieval: its state is what it scores with.
+    return copy.deepcopy(model)
+
+
+def model_version(model: RewardModel) -> Any:
+    """A value that changes whenever ``model``'s scores may have changed (publications, new labels)."""
+    if isinstance(model, LearnedRewardModel):
+        return model.version
+    if isinstance(model, EnsembleReward):
+        return tuple(model_version(m) for m in model.members)
+    if isinstance(model, RetrievalReward):
+        return len(model)
+    return 0
+
+
+# --- the reward service -------------------------------------------------------------------------
+
+
+class RewardService:
+    """One run's :class:`IntrinsicReward` in a Ray actor (start it with :meth:`start`).
+
+    Args:
+        reward, llm, goal, trainer: as for :class:`IntrinsicReward`.
+        state: ``[ref]``, an object-store reference to a :meth:`state_dict` to resume from (None:
+            a fresh service). A reference, not the dict: Ray re-runs ``__init__`` with the same
+            arguments when it restarts the actor, and inlined large arguments may be gone by then
+            (ray-project/ray#53727); the caller keeps the reference alive.
+
+    Snapshots are numbered from 1 within one incarnation of the actor, and each incarnation has
+    its own ``epoch`` id, so a connector notices a restarted service and takes its snapshot.
+    """
+
+    def __init__(self, reward: RewardConfig, llm: LLMConfig, goal: str, trainer: TrainerConfig | None = None,
+                 state: list[Any] | None = None) -> None:
+        self.reward = IntrinsicReward(reward, llm, goal, trainer)
+        if state:
+            self.reward.load_state_dict(ray.get(state[0]))
+        self.reward.start()
+        self.epoch = uuid.uuid4().hex
+        self.version = 0
+        self._model_key: Any = object()
+        self._snapshot: RewardModel | None = None
+        self._snapshot_lock = threading.Lock()  # the actor serves a few calls at once (max_concurrency)
+
+    @classmethod
+    def start(cls, settings: dict[str, Any], state: list[Any] | None = None) -> Any:
+        """The service as a Ray actor, restarted by Ray whenever it dies (the labels are in the
+        store; the reward model relearns them), for a run's :func:`appo_config` settings."""
+        actor = ray.remote(cls).options(max_restarts=-1, max_task_retries=-1, max_concurrency=4, num_cpus=0)
+        return actor.remote(settings["reward"], settings["llm"], settings["goal"], settings.get("trainer"), state)
+
+    def submit(self, captions: list[str]) -> None:
+        """Hand a batch's captions (repeats included) to the annotators, as kudos's learner does."""
+        self.reward.submit(captions)
+
+    def snapshot_since(self, epoch: str | None, version: int) -> tuple[str, int, RewardModel] | None:
+        """The newest snapshot if it is newer than (``epoch``, ``version``), else None."""
+        with self._snapshot_lock:
+            key = model_version(self.reward.model)
+            if key != self._model_key:
+                self._snapshot = scoring_snapshot(self.reward.model)
+                self._model_key = key
+                self.version += 1
+            if epoch == self.epoch and version >= self.version:
+                return None
+            assert self._snapshot is not None
+            return self.epoch, self.version, self._snapshot
+
+    def metrics(self) -> dict[str, float]:
+        return {**self.reward.metrics(), "reward_service/snapshot_version": float(self.version)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.reward.state_dict()
+
+    def close(self) -> None:
+        self.reward.close()
+
+
+# --- the learner connector ----------------------------------------------------------------------
+
+
+class IntrinsicRewardConnector(ConnectorV2):
+    """First piece of the learner's connector pipeline: kudos's shaped reward for every step of
+    the batch's episodes, in place of the env's reward.
+
+    Per batch: reward t of an episode pairs with the caption and episode count the env returned
+    with action t (``infos[t + 1]``; ``infos[0]`` is the reset's), and the batch is shaped in one
+    :func:`~kudos.rewards.wrapper.shaped_rewards` call (one update of the normalisation
+    statistics per batch, as kudos's learner makes per rollout). The batch's captions go to the
+    :class:`RewardService` without waiting (all of them, repeats included, as kudos's learner
+    submits them: ranking samples pairs by frequency); a newer snapshot is asked for in the
+    background and used from the batch after it arrived.
+
+    Args:
+        shaping: the run's shaping coefficients (``reward.shaping(task coefficient)``).
+        skip_empty_caption: ``""`` earns 0 (``reward.skip_empty_caption``; ONI scores it).
+        scorer: the reward model to start with (the service's first snapshot); None scores 0
+            until one arrives (and is what ``reward.type=none`` uses).
+    """
+
+    def __init__(self, input_observation_space: Any = None, input_action_space: Any = None, *,
+                 shaping: ShapingConfig, skip_empty_caption: bool = False, scorer: RewardModel | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(input_observation_space, input_action_space, **kwargs)
+        if shaping.episode_cap is not None:
+            raise ConfigError("reward.episode_cap is not supported by the rllib engine; leave it unset")
+        self.shaper = RewardShaper(shaping, num_envs=1)
+        self.skip_empty_caption = skip_empty_caption
+        self.scorer = scorer
+        self.service: Any = None
+        self.epoch: str | None = None
+        self.version = 0
+        self.faults = 0  # failed calls to the service (it is restarted by Ray; training goes on)
+        self._pending: Any = None
+
+    def attach(self, service: Any, snapshot: tuple[str, int, RewardModel] | None) -> None:
+        """Use ``service`` (a :class:`RewardService` actor) from now on, starting with ``snapshot``."""
+        self.service, self._pending = service, None
+        if snapshot is not None:
+            self.epoch, self.version, self.scorer = snapshot
+
+    def _refresh(self) -> None:
+        """Take a snapshot that arrived since the last batch and ask for the next one; never waits."""
+        if self.service is None:
+            return
+        if self._pending is not None:
+            ready, _ = ray.wait([self._pending], timeout=0)
+            if not ready:
+                return
+            try:
+                newer = ray.get(self._pending)
+            except ray.exceptions.RayError as exc:
+                self.faults += 1
+                log.warning("reward service call failed (%s); keeping snapshot %d", type(exc).__name__, self.version)
+                newer = None
+            if newer is not None:
+                self.epoch, self.version, self.scorer = newer
+        self._pending = self.service.snapshot_since.remote(self.epoch, self.version)
+
+    def _submit(self, captions: list[str]) -> None:
+        if self.service is not None:
+            self.service.submit.remote(captions)  # fire and forget: a lost call only delays those labels
+
+    def shape(self, episodes: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+        """Shaped rewards for ``episodes`` (written into them), concatenated in episode order,
+        with the raw intrinsic rewards: two float32 ``(N,)`` arrays, N the steps of all episodes."""
+        episodes = [e for e in episodes if len(e)]
+        if not episodes:
+            return np.zeros(0, np.float32), np.zeros(0, np.float32)
+        lengths = [len(e) for e in episodes]
+        infos = [info for e in episodes for info in e.get_infos()[1:]]
+        r_env = np.concatenate([np.asarray(e.get_rewards(), dtype=np.float32) for e in episodes])[:, None]
+        captions = [[info["caption"]] for info in infos]
+        counts = np.array([info["caption_count"] for info in infos])[:, None]
+        ends = np.concatenate([(np.arange(n) == n - 1) & e.is_done for n, e in zip(lengths, episodes)])[:, None]
+        self._submit([info["caption"] for info in infos])
+        if self.scorer is None:
+            r_int = np.zeros_like(r_env)
+            total = self.shaper(r_env, r_int, counts, ends)
+        else:
+            total, r_int = shaped_rewards(self.scorer, self.shaper, r_env, captions, counts, ends,
+                                          self.skip_empty_caption)
+        offsets = np.cumsum([0, *lengths])
+        for episode, start, stop in zip(episodes, offsets[:-1], offsets[1:]):
+            episode.set_rewards(new_data=total[start:stop, 0])
+        return total[:, 0], r_int[:, 0]
+
+    def __call__(self, *, rl_module: Any, batch: dict[str, Any], episodes: list[Any], explore: Any = None,
+                 shared_data: Any = None, metrics: Any = None, **kwargs: Any) -> Any:
+        self._refresh()
+        _, r_int = self.shape(episodes)
+        if metrics is not None and r_int.size:
+            metrics.log_value(("kudos", "intrinsic_mean"), float(r_int.mean()), window=20)
+            metrics.log_value(("kudos", "snapshot_version"), self.version, reduce="max", window=1)
+            metrics.log_value(("kudos", "service_faults"), self.faults, reduce="max", window=1)
+        return batch
+
+    def get_state(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return {"shaper": self.shaper.state_dict()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if "shaper" in state:
+            self.shaper.load_state_dict(state["shaper"])
+
+
+def _reward_connectors(learner: Any) -> list[IntrinsicRewardConnector]:
+    pipeline = getattr(learner, "_learner_connector", None)
+    return [c for c in (pipeline.connectors if pipeline is not None else []) if isinstance(c, IntrinsicRewardConnector)]
+
+
+# --- the algorithm ------------------------------------------------------------------------------
+
+
+class KudosAPPO(APPO):
+    """RLlib's APPO with kudos's reward: creates the run's :class:`RewardService`, attaches it to
+    the learners' :class:`IntrinsicRewardConnector`\\ s, and checkpoints the service (reward
+    model, trainer, annotator backlog) and the connectors' shaping statistics with the run."""
+
+    def setup(self, config: Any) -> None:
+        super().setup(config)
+        self.kudos_settings: dict[str, Any] = dict(config.learner_config_dict[SETTINGS_KEY])
+        self.reward_service: Any = None
+        self._start_service(None)
+
+    def _start_service(self, state: dict[str, Any] | None) -> None:
+        if self.kudos_settings["reward"].type == "none":
+            return
+        if self.reward_service is not None:
+            ray.kill(self.reward_service, no_restart=True)
+        # Held here for as long as the service may restart from it.
+        self._service_state = None if state is None else [ray.put(state)]
+        self.reward_service = RewardService.start(self.kudos_settings, self._service_state)
+        snapshot = ray.get(self.reward_service.snapshot_since.remote(None, 0))
+        service = self.reward_service
+
+        def attach(learner: Any) -> int:
+            for connector in _reward_connectors(learner):
+                connector.attach(service, snapshot)
+            return len(_reward_connectors(learner))
+
+        attached = self.learner_group.foreach_learner(attach)
+        if not sum(r.get() if hasattr(r, "get") else r for r in attached):
+            raise ConfigError("KudosAPPO found no IntrinsicRewardConnector in the learners: build the config "
+                              "with kudos.integrations.rllib.appo_config")
+
+    def training_step(self) -> None:
+        super().training_step()
+        if self.reward_service is not None:
+            ready, _ = ray.wait([ref := self.reward_service.metrics.remote()], timeout=5.0)
+            if ready:
+                for key, value in ray.get(ref).items():
+                    self.metrics.log_value(("kudos", key), value, window=1)
+
+    def get_state(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        state = super().get_state(*args, **kwargs)
+        shapers = self.learner_group.foreach_learner(lambda l: [c.get_state() for c in _reward_connectors(l)])
+        state[SETTINGS_KEY] = {
+            "service": ray.get(self.reward_service.state_dict.remote()) if self.reward_service is not None else None,
+            "connectors": [r.get() if hasattr(r, "get") else r for r in shapers],
+        }
+        return state
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        super().set_state(state)
+        saved = state.get(SETTINGS_KEY)
+        if saved is None:
+            return
+        by_learner = saved["connectors"]
+
+        def restore(learner: Any) -> None:
+            # Every learner gets the first learner's statistics (learners are identical copies).
+            for connector, connector_state in zip(_reward_connectors(learner), by_learner[0]):
+                connector.set_state(connector_state)
+
+        self.learner_group.foreach_learner(restore)
+        if saved["service"] is not None:
+            self._start_service(saved["service"])
+
+    def cleanup(self) -> None:
+        if self.reward_service is not None:
+            try:
+                ray.get(self.reward_service.close.remote(), timeout=30)
+            except ray.exceptions.RayError as exc:
+                log.warning("reward service did not close cleanly: %s", exc)
+            ray.kill(self.reward_service, no_restart=True)
+            self.reward_service = None
+        super().cleanup()
+
+
+def appo_config(config: KudosConfig, num_env_runners: int = 2, envs_per_runner: int | None = None,
+                trainer: TrainerConfig | None = None) -> RLlibAPPOConfig:
+    """RLlib's APPO config for a kudos run: kudos's task env, policy, reward and APPO settings.
+
+    ``num_env_runners`` env-runner actors step ``envs_per_runner`` envs each (default: the run's
+    ``env.num_envs`` spread over them). One learner in the driver (``num_learners=0``); no
+    aggregator actors (ray-project/ray#62425). The mapping of kudos's APPO options to RLlib's:
+    gamma, lr, grad_clip (max_grad_norm), entropy_coeff, vf_loss_coeff, clip_param (clip_ratio),
+    vtrace clips, rollout_fragment_length (rollout), max_seq_len (recurrence). ``trainer`` paces
+    the reward-model trainer in the service.
+    """
+    task = get_task(config.env.task)
+    shaping = config.reward.shaping(task.extrinsic_coef)
+    if shaping.episode_cap is not None:
+        raise ConfigError("reward.episode_cap is not supported by the rllib engine; leave it unset")
+    types = config.reward.member_types if config.reward.type == "ensemble" else [config.reward.type]
+    if "cosine" in types:
+        # Its sentence encoder holds a lock and the MiniLM model: it cannot be shipped as a snapshot.
+        raise ConfigError("the cosine reward (alone or in an ensemble) is not supported by the rllib engine yet")
+    per_runner = envs_per_runner or max(1, config.env.num_envs // max(1, num_env_runners))
+    appo = config.appo
+    settings = {"reward": config.reward, "llm": config.llm, "goal": task.goal, "trainer": trainer}
+    rllib = (
+        RLlibAPPOConfig(algo_class=KudosAPPO)
+        .environment(RLlibNetHackEnv, env_config={
+            "task": task.name, "max_episode_steps": config.env.max_episode_steps, "macros": config.env.macros,
+        })
+        .env_runners(num_env_runners=num_env_runners, num_envs_per_env_runner=per_runner,
+                     rollout_fragment_length=appo.rollout)
+        .learners(num_learners=0, num_aggregator_actors_per_learner=0,
+                  learner_connector=lambda obs_space, act_space: IntrinsicRewardConnector(
+                      shaping=shaping, skip_empty_caption=config.reward.skip_empty_caption),
+                  learner_config_dict={SETTINGS_KEY: settings})
+        .rl_module(rl_module_spec=RLModuleSpec(
+            module_class=NetHackRLModule, model_config={"policy": config.run.policy, "max_seq_len": appo.recurrence},
+        ))
+        .training(
+            gamma=appo.gamma, lr=appo.learning_rate, grad_clip=appo.max_grad_norm or None,
+            entropy_coeff=appo.entropy_coef, vf_loss_coeff=appo.value_coef, clip_param=appo.clip_ratio,
+            vtrace_clip_rho_threshold=appo.vtrace_clip_rho, vtrace_clip_pg_rho_threshold=appo.vtrace_clip_rho,
+            train_batch_size_per_learner=per_runner * max(1, num_env_runners) * appo.rollout,
+        )
+        .fault_tolerance(restart_failed_env_runners=True)
+        .debugging(seed=config.env.seed)
+    )
+    return rllib
+
+
+# --- a run ----------------------------------------------------------------------------------------
+
+#: Folder of the RLlib checkpoint inside a run's output directory (beside config.yaml).
+CHECKPOINT_DIR = "rllib_checkpoint"
+
+
+def env_steps_trained(result: dict[str, Any]) -> int:
+    """Env steps the learner has trained on so far, from one ``algo.train()`` result."""
+    learners = result.get("learners", {}).get("__all_modules__", {})
+    return int(learners.get("num_env_steps_trained_lifetime", 0))
+
+
+def train(config: KudosConfig, resume: bool = False, address: str | None = None, num_env_runners: int = 2,
+          on_progress: Any = None) -> int:
+    """Train ``config`` on RLlib to ``run.steps`` env steps; returns the env steps trained on.
+
+    ``address``: an existing Ray cluster (``ray start --head`` / ``ray start --address``); None
+    starts a local one. The output directory holds ``config.yaml`` (as kudos's trainer writes it)
+    and the RLlib checkpoint in :data:`CHECKPOINT_DIR`, written every ``run.checkpoint_every_s``
+    and at the end; ``resume`` continues from it. ``on_progress(env_steps, result)`` is called
+    after every training iteration.
+    """
+    import time
+    from pathlib import Path
+
+    from kudos.rl.checkpoint import CheckpointError
+    from kudos.rl.runner import save_config
+
+    output = Path(config.run.output_dir).resolve()
+    checkpoint = output / CHECKPOINT_DIR
+    if resume and not checkpoint.is_dir():
+        raise CheckpointError(f"no RLlib checkpoint at {checkpoint}: is this the output of `kudos train --engine rllib`?")
+    save_config(config, output)
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    algo = appo_config(config, num_env_runners=num_env_runners).build_algo()
+    try:
+        if resume:
+            algo.restore_from_path(str(checkpoint))
+        steps, last_save = 0, time.monotonic()
+        while steps < config.run.steps:
+            result = algo.train()
+            steps = env_steps_trained(result)
+            if on_progress is not None:
+                on_progress(steps, result)
+            if time.monotonic() - last_save >= config.run.checkpoint_every_s:
+                algo.save_to_path(str(checkpoint))
+                last_save = time.monotonic()
+        algo.save_to_path(str(checkpoint))
+        return steps
+    finally:
+        algo.stop()
+        if started_here:
+            ray.shutdown()

@@ -1,0 +1,157 @@
+"""The RLlib integration without a cluster: the connector's rewards equal kudos's own shaping on a
+recorded rollout of the real NetHack env, snapshots score like the model, and the module runs
+kudos's policy. Skipped when Ray is not installed (``pip install 'kudos[ray]'``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("ray.rllib", reason="Ray RLlib is not installed: pip install 'kudos[ray]'")
+
+from ray.rllib.core.columns import Columns  # noqa: E402
+from ray.rllib.env.single_agent_episode import SingleAgentEpisode  # noqa: E402
+
+from kudos.envs import NUM_ACTIONS  # noqa: E402
+from kudos.integrations.rllib import (  # noqa: E402
+    IntrinsicRewardConnector,
+    NetHackRLModule,
+    RLlibNetHackEnv,
+    model_version,
+    scoring_snapshot,
+)
+from kudos.rewards import CaptionLabel, ClassifierConfig, ClassifierReward, RewardShaper, shaped_rewards  # noqa: E402
+from kudos.rewards.shaping import NormalizerConfig, ShapingConfig  # noqa: E402
+
+T, B = 40, 3
+
+
+def _fitted_classifier() -> ClassifierReward:
+    model = ClassifierReward(ClassifierConfig(fit_steps=30, validation_fraction=0.0))
+    model.fit([CaptionLabel("You kill the newt!", 1.0), CaptionLabel("It's solid stone.", 0.0),
+               CaptionLabel("You find a hidden passage.", 1.0), CaptionLabel("You can't go down here.", 0.0)])
+    return model
+
+
+def _record_rollout(seed: int = 3) -> tuple[np.ndarray, list[list[str]], np.ndarray, np.ndarray, list[list[dict]]]:
+    """T steps of B real envs under random actions, kudos-style (T, B) arrays, and the step infos."""
+    envs = [RLlibNetHackEnv({"task": "Score", "max_episode_steps": 15}) for _ in range(B)]
+    rng = np.random.default_rng(seed)
+    for b, env in enumerate(envs):
+        env.reset(seed=seed + b)
+    rewards, dones = np.zeros((T, B), np.float32), np.zeros((T, B), bool)
+    counts = np.zeros((T, B), np.int64)
+    captions: list[list[str]] = []
+    infos: list[list[dict]] = []
+    for t in range(T):
+        row, info_row = [], []
+        for b, env in enumerate(envs):
+            _, reward, terminated, truncated, info = env.step(int(rng.integers(NUM_ACTIONS)))
+            rewards[t, b], dones[t, b], counts[t, b] = reward, terminated or truncated, info["caption_count"]
+            row.append(info["caption"])
+            info_row.append(info)
+            if terminated or truncated:
+                env.reset()
+        captions.append(row)
+        infos.append(info_row)
+    for env in envs:
+        env.close()
+    # Scores of a few steps, so the extrinsic part is not all zeros.
+    rewards[::7] += 2.5
+    return rewards, captions, counts, dones, infos
+
+
+def _episodes(rewards: np.ndarray, dones: np.ndarray, infos: list[list[dict]]) -> list[SingleAgentEpisode]:
+    """The rollout as RLlib hands it to a learner: one episode chunk per env and episode."""
+    chunks = []
+    for b in range(B):
+        start = 0
+        for t in range(T):
+            if dones[t, b] or t == T - 1:
+                steps = range(start, t + 1)
+                chunks.append(SingleAgentEpisode(
+                    observations=[0] * (len(steps) + 1), actions=[0] * len(steps),
+                    rewards=[float(rewards[s, b]) for s in steps],
+                    infos=[{}] + [infos[s][b] for s in steps],
+                    terminated=bool(dones[t, b]), len_lookback_buffer=0,
+                ))
+                start = t + 1
+    return chunks
+
+
+@pytest.mark.parametrize("skip_empty", [False, True])
+def test_connector_rewards_equal_kudos_shaping_on_a_recorded_rollout(skip_empty: bool) -> None:
+    rewards, captions, counts, dones, infos = _record_rollout()
+    flat = [c for row in captions for c in row]
+    assert len(set(flat)) > 3 and "" in flat and dones.any()  # a rollout worth checking
+    model = _fitted_classifier()
+    shaping = ShapingConfig(c_ext=0.5, c_int=0.4, beta=3.0, intrinsic=NormalizerConfig(normalize=True))
+    expected, _ = shaped_rewards(model, RewardShaper(shaping, B), rewards, captions, counts, dones, skip_empty)
+
+    connector = IntrinsicRewardConnector(shaping=shaping, skip_empty_caption=skip_empty, scorer=scoring_snapshot(model))
+    episodes = _episodes(rewards, dones, infos)
+    connector(rl_module=None, batch={}, episodes=episodes)
+    got = {}
+    index = 0
+    for b in range(B):  # chunks were made env by env, in time order
+        t = 0
+        while t < T:
+            chunk = np.asarray(episodes[index].get_rewards())
+            got.update({(t + i, b): float(r) for i, r in enumerate(chunk)})
+            t += len(chunk)
+            index += 1
+    got_array = np.array([[got[(t, b)] for b in range(B)] for t in range(T)])
+    assert np.abs(expected).max() > 0
+    np.testing.assert_allclose(got_array, expected, atol=1e-6)
+    # The statistics moved as kudos's do: one update with every step of the batch.
+    reference = RewardShaper(shaping, B)
+    shaped_rewards(model, reference, rewards, captions, counts, dones, skip_empty)
+    assert connector.shaper.normalizer.stats.count == pytest.approx(reference.normalizer.stats.count)
+    assert connector.shaper.normalizer.stats.mean == pytest.approx(reference.normalizer.stats.mean, abs=1e-9)
+
+
+def test_snapshot_scores_like_the_model_and_holds_no_training_state() -> None:
+    model = _fitted_classifier()
+    captions = ["You kill the newt!", "It's solid stone.", "The door opens.", ""]
+    snapshot = scoring_snapshot(model)
+    np.testing.assert_allclose(snapshot(captions), model(captions), atol=1e-6)
+    assert len(snapshot.dataset) == 0 and not snapshot.optimizer.state  # scoring only
+    assert snapshot.frozen
+    before = model_version(model)
+    model.fit([CaptionLabel("The door opens.", 1.0)], steps=5)
+    assert model_version(model) != before
+    # A snapshot stays as it was when the model trains on.
+    np.testing.assert_allclose(snapshot(captions), scoring_snapshot(scoring_snapshot(snapshot))(captions), atol=1e-6)
+
+
+def test_module_runs_kudos_policy_with_state_and_target() -> None:
+    env = RLlibNetHackEnv({"task": "Score"})
+    module = NetHackRLModule(observation_space=env.observation_space, action_space=env.action_space,
+                             model_config={"policy": "small", "max_seq_len": 4})
+    module.make_target_networks()
+    obs, _ = env.reset(seed=0)
+    steps = [obs] + [env.step(a)[0] for a in (1, 2, 3)]
+    env.close()
+    batch = {
+        Columns.OBS: {k: torch.from_numpy(np.stack([s[k] for s in steps]))[None].repeat(2, *[1] * (steps[0][k].ndim + 1))
+                      for k in steps[0]},
+        Columns.STATE_IN: {"h": torch.from_numpy(np.stack([module.get_initial_state()["h"]] * 2))},
+    }
+    out = module.forward_train(batch)
+    assert out[Columns.ACTION_DIST_INPUTS].shape == (2, 4, env.action_space.n)
+    assert out[Columns.STATE_OUT]["h"].shape == (2, module.policy.hidden_size)
+    values = module.compute_values(batch)
+    assert values.shape == (2, 4) and torch.allclose(values, out[Columns.EMBEDDINGS])
+    # The target network starts as a copy: same logits.
+    target = module.forward_target(batch)
+    from ray.rllib.core.rl_module.apis import TARGET_NETWORK_ACTION_DIST_INPUTS
+
+    assert torch.allclose(target[TARGET_NETWORK_ACTION_DIST_INPUTS], out[Columns.ACTION_DIST_INPUTS])
+    # Step by step with the carried state gives the same logits as the sequence (one GRU, no resets).
+    state = batch[Columns.STATE_IN]
+    for t in range(4):
+        step = module.forward_inference({Columns.OBS: {k: v[:, t : t + 1] for k, v in batch[Columns.OBS].items()},
+                                         Columns.STATE_IN: state})
+        assert torch.allclose(step[Columns.ACTION_DIST_INPUTS][:, 0], out[Columns.ACTION_DIST_INPUTS][:, t], atol=1e-5)
+        state = step[Columns.STATE_OUT]
