@@ -52,6 +52,8 @@ class RunConfig:
     checkpoint_every_s: float = 300.0
     log_every_s: float = 2.0  # console and TensorBoard cadence
     torch_threads: int = 1  # intra-op threads of the learner (the envs and the LLM need the rest)
+    device: str = "auto"  # the learner's: "auto" (cuda when a GPU is visible), "cpu" or "cuda"
+    inference: str = "worker"  # who acts: "worker" (each rollout worker) or "policy-worker" (one, on the device)
     # Recorded by `kudos train` when it starts, not options: the kudos source commit ("unknown"
     # outside a git checkout; "A+B" for a run resumed on another commit) and uncommitted changes.
     commit: str = ""

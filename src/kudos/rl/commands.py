@@ -64,6 +64,7 @@ def register(subparsers: Any) -> None:
     train.add_argument("--steps", type=int, help="env steps to train on")
     train.add_argument("--seed", type=int)
     train.add_argument("--num-envs", type=int, help="envs stepped in parallel")
+    train.add_argument("--device", choices=["auto", "cpu", "cuda"], help="the learner's device (default auto: cuda when a GPU is visible)")
     train.add_argument("--output", help="output directory (checkpoints, TensorBoard, config)")
     train.add_argument("--config", help="YAML config file")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
@@ -82,6 +83,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         "run.steps": args.steps,
         "env.seed": args.seed,
         "env.num_envs": args.num_envs,
+        "run.device": args.device,
         "run.output_dir": args.output,
     }
     return [f"{key}={value}" for key, value in flags.items() if value is not None] + list(args.set)

@@ -21,6 +21,7 @@ drove the core into saturation early in training, after which it stopped telling
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Mapping, NamedTuple
 
@@ -57,8 +58,10 @@ class PolicyConfig:
     hidden_size: int = 128  # encoder output, GRU input and GRU state size (H)
 
 
-#: Named sizes: "small" (default, CPU) and "baseline" (close to the sample-factory NetHack
-#: baselines: 12x12 crop, 128-wide blstats and message codes, 512-unit GRU).
+#: Named sizes: "small" (default, CPU), "baseline" (close to the sample-factory NetHack
+#: baselines: 12x12 crop, 128-wide blstats and message codes, 512-unit GRU) and "gpu" (the
+#: baseline with the crop encoder as wide as ONI's pixel encoder, 32-64-128 conv channels into a
+#: 512-wide code; for a learner on a GPU).
 POLICY_PRESETS: dict[str, PolicyConfig] = {
     "small": PolicyConfig(),
     "baseline": PolicyConfig(
@@ -74,6 +77,7 @@ POLICY_PRESETS: dict[str, PolicyConfig] = {
         hidden_size=512,
     ),
 }
+POLICY_PRESETS["gpu"] = dataclasses.replace(POLICY_PRESETS["baseline"], crop_channels=(32, 64, 128))
 
 
 class PolicyOutput(NamedTuple):

@@ -2,28 +2,28 @@
 
 Who does what (each in its own thread or process, so nothing waits for the LLM):
 
-- env workers (processes, :class:`~kudos.envs.vector.VectorNetHack`) step the games;
-- the collector thread acts with a copy of the policy and hands over T-step rollouts;
-- the learner (this thread) scores the rollout's captions with the latest reward model, submits
-  them for labelling, shapes the rewards and runs one APPO update, then publishes the weights;
+- rollout workers (processes, :mod:`kudos.rl.workers`) step the games and act with their own
+  copy of the policy (or a policy worker's, ``run.inference``), writing T-step trajectories into
+  shared memory; a dispatcher thread (:class:`~kudos.rl.sampler.Sampler`) collects them;
+- the learner (this thread, on ``run.device``) takes one trajectory of every env, scores its
+  captions with the latest reward model, submits them for labelling, shapes the rewards and runs
+  one APPO update, then publishes the weights (shared memory, versioned);
 - the annotator and reward-model trainer threads (:class:`~kudos.rewards.online.IntrinsicReward`)
   label captions with the LLM and fit the reward model as labels arrive.
 
 Checkpoints hold everything needed to continue (policy, optimiser, reward model, shaping
 statistics, annotator backlog, counters, RNG states); steps collected after the last checkpoint
 are not counted, so a killed run resumes with no step counted twice, and every label it got is
-in the label store.
+in the label store. Rollouts are asynchronous (which policy version acts on which step depends
+on timing), so a run is not bit-reproducible from its seed.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
-import queue
 import subprocess
 import sys
-import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -36,14 +36,13 @@ import yaml
 from kudos import STARTUP_LOG
 from kudos.config import KudosConfig, load_config
 from kudos.envs import get_task
-from kudos.envs.vector import VectorNetHack
 from kudos.errors import ConfigError
 from kudos.rewards.online import IntrinsicReward
 from kudos.rewards.shaping import RewardShaper
 from kudos.rl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from kudos.rl.learner import Learner, RolloutBatch
-from kudos.rl.policy import NetHackPolicy, get_policy_config, obs_to_tensors
-from kudos.rl.rollout import Rollout, RolloutCollector
+from kudos.rl.learner import Learner
+from kudos.rl.policy import NetHackPolicy, get_policy_config
+from kudos.rl.sampler import SampleBatch, Sampler, SamplerConfig, resolve_device
 from kudos.rl.runstats import RunStats
 
 log = logging.getLogger(__name__)
@@ -52,7 +51,7 @@ startup = logging.getLogger(STARTUP_LOG)
 CONFIG_NAME = "config.yaml"
 _RECENT_EPISODES = 100
 #: Seconds between forced GIL hand-offs during a run (Python's default is 0.005), so threads that
-#: mostly wait or call torch (collector, reward-model trainer) get the GIL back soon.
+#: mostly wait or call torch (the sampler's dispatcher, reward-model trainer) get the GIL back soon.
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 
@@ -159,8 +158,9 @@ class Trainer:
         torch.manual_seed(config.env.seed)
         np.random.seed(config.env.seed)
 
+        self.device = resolve_device(config.run.device)
         policy_config = get_policy_config(config.run.policy)
-        self.policy = NetHackPolicy(policy_config, self.task.num_actions)
+        self.policy = NetHackPolicy(policy_config, self.task.num_actions).to(self.device)
         self.learner = Learner(self.policy, config.appo)
         self.shaper = RewardShaper(config.reward.shaping(self.task.extrinsic_coef), config.env.num_envs)
         self.reward: IntrinsicReward | None = None
@@ -176,21 +176,31 @@ class Trainer:
             self._restore(checkpoint)
         # Resumed runs play new games: reseed so they do not replay the first run's episodes.
         env_seed = config.env.seed + 1_000_003 * self.progress.updates
-        startup.info("starting %d envs in %d worker processes", config.env.num_envs, config.env.num_workers)
-        self.vec = VectorNetHack(
+        workers = config.env.num_workers
+        if config.env.num_envs % (2 * workers):
+            raise ConfigError(
+                f"env.num_envs ({config.env.num_envs}) must be a multiple of 2 x env.num_workers ({workers}): "
+                "each worker steps two equal halves"
+            )
+        startup.info("starting %d envs in %d worker processes", config.env.num_envs, workers)
+        self.sampler = Sampler(
             self.task,
-            config.env.num_envs,
-            num_workers=config.env.num_workers,
-            seed=env_seed,
-            max_episode_steps=config.env.max_episode_steps,
-            macros=config.env.macros,
+            policy_config,
+            self.policy.state_dict(),
+            SamplerConfig(
+                num_workers=workers,
+                envs_per_worker=config.env.num_envs // workers,
+                rollout=config.appo.rollout,
+                batch_slots=2 * workers,
+                inference=config.run.inference,
+                seed=env_seed,
+                max_episode_steps=config.env.max_episode_steps,
+                whole_rounds=True,  # per-env shaping and run statistics line up with env ids
+            ),
+            device=self.device,
+            version=self.learner.updates,
+            env_options={"macros": config.env.macros},
         )
-        self.collector = RolloutCollector(
-            self.vec, copy.deepcopy(self.policy), config.appo.rollout, policy_version=self.learner.updates
-        )
-        self._rollouts: queue.Queue[Rollout | BaseException] = queue.Queue(maxsize=1)
-        self._stop = threading.Event()
-        self._collector_thread = threading.Thread(target=self._collect, name="kudos-collector", daemon=True)
         self.tensorboard: Any = None
 
     # --- checkpoints -------------------------------------------------------------------------
@@ -226,72 +236,35 @@ class Trainer:
     def checkpoint(self) -> Path:
         return save_checkpoint(self.output_dir, self.state_dict())
 
-    # --- threads -----------------------------------------------------------------------------
-
-    def _collect(self) -> None:
-        try:
-            while not self._stop.is_set():
-                rollout = self.collector.collect()
-                while not self._stop.is_set():
-                    try:
-                        self._rollouts.put(rollout, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-        except BaseException as exc:  # handed to the learner thread, which re-raises it
-            self._rollouts.put(exc)
-
-    def _next_rollout(self) -> Rollout:
-        while True:
-            try:
-                item = self._rollouts.get(timeout=1.0)
-            except queue.Empty:
-                if not self._collector_thread.is_alive():
-                    raise RuntimeError("the rollout collector stopped unexpectedly") from None
-                continue
-            if isinstance(item, BaseException):
-                raise item
-            return item
-
     # --- learning ----------------------------------------------------------------------------
 
-    def _rewards(self, rollout: Rollout) -> tuple[np.ndarray, np.ndarray]:
-        """Shaped rewards ``(T, B)`` and the raw intrinsic rewards ``(T, B)`` of a rollout."""
-        flat = [c for row in rollout.captions for c in row]
+    def _rewards(self, sample: SampleBatch) -> tuple[np.ndarray, np.ndarray]:
+        """Shaped rewards ``(T, B)`` and the raw intrinsic rewards ``(T, B)`` of a batch."""
+        flat = [c for row in sample.captions for c in row]
         if self.reward is None:
-            r_int = np.zeros_like(rollout.env_rewards)
+            r_int = np.zeros_like(sample.env_rewards)
         else:
             self.reward.submit(flat)
-            r_int = self.reward(flat).reshape(rollout.env_rewards.shape)
-        shaped = self.shaper(rollout.env_rewards, r_int, rollout.caption_counts, rollout.dones[1:])
+            r_int = self.reward(flat).reshape(sample.env_rewards.shape)
+        shaped = self.shaper(sample.env_rewards, r_int, sample.caption_counts, sample.dones[1:])
         return shaped, r_int
 
-    def _batch(self, rollout: Rollout, rewards: np.ndarray) -> RolloutBatch:
-        return RolloutBatch(
-            obs=obs_to_tensors(rollout.obs),
-            actions=torch.from_numpy(rollout.actions),
-            behaviour_log_probs=torch.from_numpy(rollout.log_probs),
-            behaviour_values=torch.from_numpy(rollout.values),
-            rewards=torch.from_numpy(rewards),
-            dones=torch.from_numpy(rollout.dones),
-            initial_core_state=rollout.initial_core_state,
-        )
-
-    def _record(self, rollout: Rollout, r_int: np.ndarray, update_stats: dict[str, float]) -> None:
-        for episode in rollout.episodes:
+    def _record(self, sample: SampleBatch, r_int: np.ndarray, update_stats: dict[str, float]) -> None:
+        for episode in sample.episodes:
             self.stats.returns.append(episode.ret)
             self.stats.lengths.append(episode.length)
             self.stats.successes.append(episode.success)
             self.stats.scores.append(episode.score)
             self.stats.depths.append(episode.depth)
-        self.progress.episodes += len(rollout.episodes)
+        self.progress.episodes += len(sample.episodes)
         latest = {f"learner/{k}": v for k, v in update_stats.items()}
-        latest["reward/extrinsic_per_step"] = float(rollout.env_rewards.mean())
+        latest["reward/extrinsic_per_step"] = float(sample.env_rewards.mean())
         latest["intrinsic/mean"] = float(r_int.mean())
         latest["intrinsic/nonzero_fraction"] = float(np.mean(r_int != 0))
-        latest["learner/policy_lag"] = float(self.learner.updates - 1 - rollout.policy_version)
+        latest["learner/policy_lag"] = float(sample.policy_lag.mean())
+        latest.update(self.sampler.metrics())
         self.stats.latest = latest
-        self.run_stats.record(rollout.captions, rollout.caption_counts, rollout.dones, rollout.env_rewards, r_int)
+        self.run_stats.record(sample.captions, sample.caption_counts, sample.dones, sample.env_rewards, r_int)
 
     def _report(self, started: float, steps_at_start: int) -> None:
         figures = self.stats.summary()
@@ -313,25 +286,25 @@ class Trainer:
         record_revision(self.config)
         save_config(self.config, self.output_dir)
         self.tensorboard = SummaryWriter(str(self.output_dir / "tensorboard"))
-        # The collector thread mostly waits on env-worker pipes; with the default 5 ms GIL switch
-        # interval it waits that long again for the learner thread after every env step.
+        # The sampler's dispatcher thread mostly waits on worker pipes; with the default 5 ms GIL
+        # switch interval a worker could wait that long for its next free slot.
         switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         if self.reward is not None:
             self.reward.start()
-        self._collector_thread.start()
         started, steps_at_start = time.monotonic(), self.progress.env_steps
         next_report = started
         next_checkpoint = started + self.config.run.checkpoint_every_s
         try:
             while self.progress.env_steps < self.config.run.steps:
-                rollout = self._next_rollout()
-                rewards, r_int = self._rewards(rollout)
-                update_stats = self.learner.update(self._batch(rollout, rewards))
-                self.collector.publish(self.policy.state_dict(), self.learner.updates)
+                sample = self.sampler.next_batch()
+                rewards, r_int = self._rewards(sample)
+                batch = dataclasses.replace(sample.batch, rewards=torch.from_numpy(rewards).to(self.device))
+                update_stats = self.learner.update(batch)
+                self.sampler.publish(self.policy.state_dict(), self.learner.updates)
                 self.progress.updates = self.learner.updates
-                self.progress.env_steps += rollout.num_steps
-                self._record(rollout, r_int, update_stats)
+                self.progress.env_steps += sample.num_steps
+                self._record(sample, r_int, update_stats)
                 now = time.monotonic()
                 if now >= next_report:
                     self._report(started, steps_at_start)
@@ -350,10 +323,7 @@ class Trainer:
 
     def close(self) -> None:
         """Stop every thread and process of the run (idempotent)."""
-        self._stop.set()
-        if self._collector_thread.is_alive():
-            self._collector_thread.join(timeout=30)
-        self.vec.close()
+        self.sampler.close()
         if self.reward is not None:
             self.reward.close()
         if self.tensorboard is not None:
