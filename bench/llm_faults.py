@@ -13,7 +13,7 @@ play alike and the ratio is the cost of the faults alone. With ``--c-int 0.4`` (
 the healthy run's labels also change what the agent does, and with it how often games reset
 (about a third of random play's env time is spent in ``reset``), which moves steps/s either way.
 
-    .venv/bin/python bench/llm_faults.py [--steps 16384] [--repeats 3] [--c-int 0]
+    .venv/bin/python bench/llm_faults.py [--steps 16384] [--repeats 3] [--c-int 0] [--faults http500 ...]
 """
 
 from __future__ import annotations
@@ -29,16 +29,18 @@ import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Sequence
 
 MODEL = "bench-stand-in"
+FAULTS = ("garbage", "http500", "no_choices")
 
 
 class StandInLLM:
     """A tiny OpenAI-compatible server on a free localhost port; ``faulty`` makes every completion
-    fail (garbage, 500, empty choices, in turn)."""
+    fail with the ``faults`` in turn (default: garbage, 500, empty choices)."""
 
-    def __init__(self, faulty: bool) -> None:
-        faults = itertools.cycle(("garbage", "http500", "no_choices"))
+    def __init__(self, faulty: bool, faults: Sequence[str] = FAULTS) -> None:
+        faults = itertools.cycle(faults)
         lock = threading.Lock()
 
         class Handler(BaseHTTPRequestHandler):
@@ -109,8 +111,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16384, help="env steps per run")
     parser.add_argument("--repeats", type=int, default=3, help="runs per server, alternated")
     parser.add_argument("--c-int", type=float, default=0.0, help="intrinsic reward coefficient of the runs")
+    parser.add_argument("--faults", nargs="+", choices=FAULTS, default=list(FAULTS),
+                        help="what the faulty server answers, in turn")
     args = parser.parse_args()
-    healthy, faulty = StandInLLM(faulty=False), StandInLLM(faulty=True)
+    healthy, faulty = StandInLLM(faulty=False), StandInLLM(faulty=True, faults=args.faults)
     rates: dict[str, list[float]] = {"healthy": [], "faulty": []}
     try:
         with tempfile.TemporaryDirectory() as tmp:
