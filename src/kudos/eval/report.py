@@ -107,7 +107,7 @@ def _store_labels(config: Any, label_key: tuple[str, str] | None, captions: list
     if "://" not in location and not Path(location).expanduser().is_file():
         return {}, f"label store {location} not found: no labels shown"
     try:
-        with open_store(location if "://" in location else Path(location).expanduser()) as store:
+        with open_store(location) as store:
             return store.get_many(label_key[0], label_key[1], captions), None
     except StoreError as exc:
         return {}, f"cannot read the label store ({exc}): no labels shown"

@@ -592,8 +592,9 @@ def default_store_path() -> str:
 
 
 def open_store(location: str | Path) -> LabelStore:
-    """A SQLite store at a file path, or a PostgreSQL store for a ``postgresql://`` URL."""
+    """A SQLite store at a file path (``~`` expanded), or a PostgreSQL store for a
+    ``postgresql://`` URL."""
     text = str(location)
     if text.startswith(("postgresql://", "postgres://")):
         return PostgresLabelStore(text)
-    return SQLiteLabelStore(text)
+    return SQLiteLabelStore(Path(text).expanduser())

@@ -449,8 +449,7 @@ def appo_config(config: KudosConfig, num_env_runners: int = 2, envs_per_runner: 
     shaping = config.reward.shaping(task.extrinsic_coef)
     if shaping.episode_cap is not None:
         raise ConfigError("reward.episode_cap is not supported by the rllib engine; leave it unset")
-    types = config.reward.member_types if config.reward.type == "ensemble" else [config.reward.type]
-    if "cosine" in types:
+    if "cosine" in config.reward.kinds:
         # Its sentence encoder holds a lock and the MiniLM model: it cannot be shipped as a snapshot.
         raise ConfigError("the cosine reward (alone or in an ensemble) is not supported by the rllib engine yet")
     per_runner = envs_per_runner or max(1, config.env.num_envs // max(1, num_env_runners))

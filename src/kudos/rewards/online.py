@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -134,6 +133,11 @@ class RewardConfig:
     def member_types(self) -> list[str]:
         return [m.strip() for m in self.members.split(",") if m.strip()]
 
+    @property
+    def kinds(self) -> list[str]:
+        """The reward models this config builds: the ensemble's members, or its one type."""
+        return self.member_types if self.type == "ensemble" else [self.type]
+
     def shaping(self, task_extrinsic_coef: float) -> ShapingConfig:
         """The :class:`ShapingConfig` for a task whose ONI preset is ``task_extrinsic_coef``."""
         return ShapingConfig(
@@ -165,9 +169,12 @@ def scoring_model(config: RewardConfig, goal: str) -> RewardModel:
     if config.type == "none":
         raise ConfigError("reward type 'none' has no reward model")
     goal = config.goal or goal
-    if config.type != "ensemble":
-        return _new_model(config.type, config, goal)
-    return EnsembleReward([_new_model(t, config, goal) for t in config.member_types], k=config.ensemble_k)
+    return _combine(config, [_new_model(t, config, goal) for t in config.kinds])
+
+
+def _combine(config: RewardConfig, members: list[RewardModel]) -> RewardModel:
+    """The run's reward model from its members: their ensemble, or the one member."""
+    return EnsembleReward(members, k=config.ensemble_k) if config.type == "ensemble" else members[0]
 
 
 class IntrinsicReward:
@@ -194,15 +201,12 @@ class IntrinsicReward:
         self.backend: LLMBackend | None = None
         self.annotators: dict[str, Annotator] = {}
         self.trainers: list[OnlineRewardTrainer] = []
-        types = config.member_types if config.type == "ensemble" else [config.type]
         try:
-            members = [self._build(t) for t in types]
+            members = [self._build(t) for t in config.kinds]
         except BaseException:
             self.close()
             raise
-        self.model: RewardModel = (
-            EnsembleReward(members, k=config.ensemble_k) if config.type == "ensemble" else members[0]
-        )
+        self.model: RewardModel = _combine(config, members)
 
     # --- construction ----------------------------------------------------------------------------
 
@@ -211,8 +215,7 @@ class IntrinsicReward:
 
     def _open_store(self) -> LabelStore:
         if self.store is None:
-            location = self.llm.store or default_store_path()
-            self.store = open_store(location if "://" in location else Path(location).expanduser())
+            self.store = open_store(self.llm.store or default_store_path())
         return self.store
 
     def _open_llm(self) -> None:
