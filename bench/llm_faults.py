@@ -1,10 +1,10 @@
 """Does a failing LLM endpoint slow training? `kudos train --reward classification` against a healthy
 and a faulty local OpenAI-compatible server, alternated, printing env steps/s and the median ratio.
 
-Both servers are instant local stand-ins for a fast remote LLM (this bench measures what faults
-cost the trainer, not what an LLM costs): the healthy one answers every completion with "1" or
-"0" and its top log-probabilities; the faulty one cycles through a non-JSON body, HTTP 500 and a
-reply with no choices. Both list one model at GET /v1/models. Each run is a fresh `kudos train`
+Both servers are instant local stand-ins for a fast remote LLM (bench/stand_in_llm.py; this bench
+measures what faults cost the trainer, not what an LLM costs): the healthy one answers every
+completion with "1" or "0" and its top log-probabilities; the faulty one cycles through a
+non-JSON body, HTTP 500 and a reply with no choices. Both list one model at GET /v1/models. Each run is a fresh `kudos train`
 process on its own label store, so no label is reused. Target (issue 17): faulty/healthy >= 0.9.
 
 By default the runs train with ``reward.c_int=0``: the whole reward side runs (annotator, reward
@@ -19,75 +19,16 @@ the healthy run's labels also change what the agent does, and with it how often 
 from __future__ import annotations
 
 import argparse
-import itertools
-import json
 import re
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Sequence
+
+from stand_in_llm import FAULTS, StandInLLM
 
 MODEL = "bench-stand-in"
-FAULTS = ("garbage", "http500", "no_choices")
-
-
-class StandInLLM:
-    """A tiny OpenAI-compatible server on a free localhost port; ``faulty`` makes every completion
-    fail with the ``faults`` in turn (default: garbage, 500, empty choices)."""
-
-    def __init__(self, faulty: bool, faults: Sequence[str] = FAULTS) -> None:
-        faults = itertools.cycle(faults)
-        lock = threading.Lock()
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                self._send(200, {"object": "list", "data": [{"id": MODEL, "object": "model"}]})
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
-                if faulty:
-                    with lock:
-                        fault = next(faults)
-                    if fault == "http500":
-                        self._send(500, {"error": "internal"})
-                    elif fault == "garbage":
-                        self._raw(200, b"<html>upstream exploded")
-                    else:
-                        self._send(200, {"choices": []})
-                    return
-                text = json.dumps(body)
-                answer = "1" if "kill" in text else "0"
-                top = [{"token": answer, "logprob": -0.1}, {"token": "10"[int(answer)], "logprob": -2.4}]
-                self._send(200, {"model": MODEL, "choices": [{
-                    "index": 0, "message": {"role": "assistant", "content": answer},
-                    "logprobs": {"content": [{"token": answer, "logprob": -0.1, "top_logprobs": top}]},
-                }]})
-
-            def _send(self, status: int, obj: object) -> None:
-                self._raw(status, json.dumps(obj).encode())
-
-            def _raw(self, status: int, payload: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def train_rate(url: str, steps: int, c_int: float, workdir: Path, name: str) -> tuple[float, str]:
@@ -114,7 +55,7 @@ def main() -> None:
     parser.add_argument("--faults", nargs="+", choices=FAULTS, default=list(FAULTS),
                         help="what the faulty server answers, in turn")
     args = parser.parse_args()
-    healthy, faulty = StandInLLM(faulty=False), StandInLLM(faulty=True, faults=args.faults)
+    healthy, faulty = StandInLLM(MODEL), StandInLLM(MODEL, faults=args.faults)
     rates: dict[str, list[float]] = {"healthy": [], "faulty": []}
     try:
         with tempfile.TemporaryDirectory() as tmp:

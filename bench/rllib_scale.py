@@ -21,80 +21,17 @@ duplicate asks within a run are printed (0 expected).
 from __future__ import annotations
 
 import argparse
-import collections
-import hashlib
 import json
 import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from stand_in_llm import StandInLLM
 from train_throughput import ROLLOUT, run_child, window_rate
-
-
-class InstantStandInLLM:
-    """A stand-in for an LLM server (OpenAI chat API, ``GET /v1/models``) that answers every
-    request at once (or after ``delay_s``): "1" or "0" by a hash of the prompt, with answer-token
-    log-probs. Counts the requests per prompt in ``asked``. Not a model: for measuring what is
-    around the LLM, and for races between runs that share a store."""
-
-    def __init__(self, model_id: str, delay_s: float = 0.0) -> None:
-        self.model_id = model_id
-        self.delay_s = delay_s
-        self.asked: collections.Counter[str] = collections.Counter()
-        self._lock = threading.Lock()
-        stand_in = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                self._send({"object": "list", "data": [{"id": stand_in.model_id, "object": "model"}]})
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
-                prompt = body["messages"][-1]["content"]
-                with stand_in._lock:
-                    stand_in.asked[prompt] += 1
-                time.sleep(stand_in.delay_s)
-                answer = "1" if hashlib.blake2b(prompt.encode(), digest_size=1).digest()[0] % 2 else "0"
-                other = "0" if answer == "1" else "1"
-                top = [{"token": answer, "logprob": -0.1}, {"token": other, "logprob": -2.4}]
-                self._send({"choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
-                                         "logprobs": {"content": [{"token": answer, "logprob": -0.1,
-                                                                   "top_logprobs": top}]}}]})
-
-            def _send(self, payload: dict[str, Any]) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def duplicates(self) -> int:
-        """Requests beyond the first for each prompt."""
-        with self._lock:
-            return sum(n - 1 for n in self.asked.values())
-
-    def reset(self) -> None:
-        with self._lock:
-            self.asked.clear()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def child_rllib(args: argparse.Namespace) -> dict[str, Any]:
@@ -149,7 +86,7 @@ def main() -> None:
     print(f"NetHackScore, {args.envs} envs over {args.workers} workers, T={ROLLOUT}; {args.warmup:.0f} s warm-up, "
           f"{args.seconds:.0f} s measured; {args.rounds} rounds; {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.2f} at start", flush=True)
-    stand_in = InstantStandInLLM(MODEL_ID)
+    stand_in = StandInLLM(MODEL_ID)
     rates: dict[str, list[float]] = {"rllib kudos": [], "rllib none": []}
     try:
         for round_ in range(args.rounds):

@@ -22,7 +22,7 @@ from kudos.feedback.embedded import MODEL_ID
 from kudos.feedback.store import open_store
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from rllib_scale import InstantStandInLLM  # noqa: E402  (the stand-in server, shared with the bench)
+from stand_in_llm import StandInLLM  # noqa: E402  (the stand-in server, shared with the benches)
 
 CAPTIONS = 60
 
@@ -58,9 +58,9 @@ def store_url(postgres_url: str) -> str:  # noqa: F811
 
 
 @pytest.fixture
-def stand_in() -> Iterator[InstantStandInLLM]:
+def stand_in() -> Iterator[StandInLLM]:
     # 50 ms per answer: long enough that both runs hold the same captions at once without claims.
-    server = InstantStandInLLM(MODEL_ID, delay_s=0.05)
+    server = StandInLLM(MODEL_ID, delay_s=0.05)
     yield server
     server.close()
 
@@ -76,7 +76,7 @@ def _finish(*runs: subprocess.Popen[str]) -> None:
     assert [run.returncode for run in runs] == [0] * len(runs), outputs
 
 
-def test_two_runs_at_once_ask_each_caption_once(stand_in: InstantStandInLLM, store_url: str) -> None:
+def test_two_runs_at_once_ask_each_caption_once(stand_in: StandInLLM, store_url: str) -> None:
     _finish(_run(stand_in.url, store_url), _run(stand_in.url, store_url))
     assert len(stand_in.asked) == CAPTIONS
     assert stand_in.duplicates() == 0  # concurrent duplicate asks
@@ -86,8 +86,8 @@ def test_two_runs_at_once_ask_each_caption_once(stand_in: InstantStandInLLM, sto
     assert not stand_in.asked
 
 
-def test_a_run_killed_holding_claims_does_not_block_the_other(stand_in: InstantStandInLLM, store_url: str) -> None:
-    hanging = InstantStandInLLM(MODEL_ID, delay_s=600.0)  # the first run's LLM never answers
+def test_a_run_killed_holding_claims_does_not_block_the_other(stand_in: StandInLLM, store_url: str) -> None:
+    hanging = StandInLLM(MODEL_ID, delay_s=600.0)  # the first run's LLM never answers
     try:
         first = _run(hanging.url, store_url, lease_s=2.0)
         assert first.stdout is not None and first.stdout.readline().strip() == "submitted"
