@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import random
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,7 +41,7 @@ class DeliberatelySlowBackend:
     def __init__(self, seconds_per_request: float = 0.4) -> None:
         self.seconds_per_request = seconds_per_request
 
-    def generate(self, requests: Sequence[LLMRequest]) -> list[LLMReply]:
+    def generate(self, requests: Sequence[LLMRequest], cancel: threading.Event | None = None) -> list[LLMReply]:
         time.sleep(self.seconds_per_request * len(requests))
         return [LLMReply("0", 0.1, self.seconds_per_request, self.model_id) for _ in requests]
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,7 +43,7 @@ class FailingBackend:
 
     model_id = "qwen2.5-coder-1.5b-instruct-q4_k_m"
 
-    def generate(self, requests: Sequence[LLMRequest]) -> list[LLMReply]:
+    def generate(self, requests: Sequence[LLMRequest], cancel: threading.Event | None = None) -> list[LLMReply]:
         raise LLMError("FailingBackend: the second pass must not call the LLM")
 
     def close(self) -> None:

@@ -83,7 +83,7 @@ class FaultyBackend:
             return f"<analysis>...</analysis><best>{'none' if answer == '0' else answer}</best>"
         return answer
 
-    def generate(self, requests: Sequence[LLMRequest]) -> list[LLMReply]:
+    def generate(self, requests: Sequence[LLMRequest], cancel: threading.Event | None = None) -> list[LLMReply]:
         self.in_generate.set()
         assert self.running.wait(WAIT_S), "test left the backend stalled"
         self.calls.append(list(requests))
@@ -218,9 +218,9 @@ def test_freshest_first_but_no_starvation(backend: FaultyBackend, store: FaultyS
     fresh = (f"new caption {i}" for i in range(10_000))
     generate = backend.generate
 
-    def busy_learner(requests: Sequence[LLMRequest]) -> list[LLMReply]:
+    def busy_learner(requests: Sequence[LLMRequest], cancel: threading.Event | None = None) -> list[LLMReply]:
         annotator.submit(next(fresh) for _ in range(6))
-        return generate(requests)
+        return generate(requests, cancel)
 
     backend.generate = busy_learner  # type: ignore[method-assign]
     answered: set[Item] = set()

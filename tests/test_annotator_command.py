@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+import threading
 from rich.console import Console
 from test_annotator import FaultyBackend, truth
 
@@ -65,10 +66,10 @@ class CtrlCBackend(FaultyBackend):
         super().__init__()
         self.interrupt_on_call = interrupt_on_call
 
-    def generate(self, requests: Sequence[LLMRequest]) -> list[LLMReply]:
+    def generate(self, requests: Sequence[LLMRequest], cancel: threading.Event | None = None) -> list[LLMReply]:
         if len(self.calls) + 1 == self.interrupt_on_call:
             os.kill(os.getpid(), signal.SIGINT)
-        return super().generate(requests)
+        return super().generate(requests, cancel)
 
 
 def test_resume_after_ctrl_c_asks_nothing_twice(tmp_path: Path) -> None:

@@ -21,10 +21,12 @@ import httpx
 import pytest
 
 from kudos.errors import KudosError
+from kudos.feedback import Annotator, AnnotatorConfig, open_store
 from kudos.feedback.embedded import MODEL_ID, EmbeddedLLM
 from kudos.feedback.llm import (
     EndpointPool,
     HTTPConfig,
+    LLMCancelled,
     LLMConfigError,
     LLMError,
     LLMRequest,
@@ -313,6 +315,39 @@ def test_http_500s_are_retried_then_given_up(proxy: FaultyLLMServer) -> None:
         pool.generate([request])
     assert pool.stats["http_errors"] == 2 + FAST.max_attempts and pool.stats["failed_requests"] == 1
     pool.close()
+
+
+def test_cancel_stops_retries_and_an_annotator_closes_without_waiting_them_out(
+    proxy: FaultyLLMServer, tmp_path: Path
+) -> None:
+    """A failing endpoint must not hold up the end of a run: the pool's backoffs (here 30 s
+    each) end as soon as the caller cancels, no retry is sent after, and the unanswered
+    captions stay pending for the next run. Fails without cancellation: close() would wait out
+    the 30 s backoff and then retry."""
+    slow_retries = dataclasses.replace(FAST, backoff_s=30.0, max_backoff_s=30.0)
+    proxy.inject("http500")
+    pool = pool_of(proxy.url, config=slow_retries)
+    cancel = threading.Event()
+    threading.Timer(0.5, cancel.set).start()
+    with pytest.raises(LLMCancelled):
+        pool.generate([TEMPLATE.request("You hear a door open.")], cancel)
+    assert pool.stats.get("retries", 0) == 0 and pool.stats["http_errors"] == 1
+    pool.close()
+
+    pool = pool_of(proxy.url, config=slow_retries)
+    store = open_store(tmp_path / "labels.sqlite")
+    annotator = Annotator(pool, store, PromptTemplate(), AnnotatorConfig(batch_size=2)).start()
+    annotator.submit(["You hear a door open.", "You kill the newt!"])
+    deadline = time.monotonic() + 60
+    while proxy.seen["http500"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proxy.seen["http500"] >= 1, proxy.seen
+    annotator.close()
+    assert pool.stats.get("retries", 0) == 0
+    assert annotator.metrics().server_errors == 0  # a cancellation is not a server fault
+    assert sorted(annotator.state_dict()["pending"]) == ["You hear a door open.", "You kill the newt!"]
+    pool.close()
+    store.close()
 
 
 def test_garbage_and_empty_replies_are_faults_not_labels(proxy: FaultyLLMServer) -> None:

@@ -3,6 +3,7 @@ accuracy, checkpoints and resumes; label sources over a real SQLite label store.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -235,7 +236,7 @@ class FaultyLLMBackend:
     def __init__(self, down_calls: int) -> None:
         self.down_calls = down_calls
 
-    def generate(self, requests: Sequence[LLMRequest]) -> list[LLMReply]:
+    def generate(self, requests: Sequence[LLMRequest], cancel: threading.Event | None = None) -> list[LLMReply]:
         if self.down_calls:
             self.down_calls -= 1
             raise LLMError("injected: connection refused")

@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from kudos.errors import ConfigError
-from kudos.feedback.llm import LLMBackend, LLMConfigError, LLMError, LLMReply, LLMRequest
+from kudos.feedback.llm import LLMBackend, LLMCancelled, LLMConfigError, LLMError, LLMReply, LLMRequest
 from kudos.feedback.parse import derive_preference, parse_label
 from kudos.feedback.prompts import LabelSpec, PairwiseFromPointwise, PromptTemplate
 from kudos.feedback.store import ClaimHeartbeat, Item, LabelRecord, LabelStore, StoreError, new_claim_owner
@@ -107,33 +107,39 @@ class Labeler:
     def model_id(self) -> str:
         return self.backend.model_id
 
-    def label(self, items: Sequence[Item]) -> LabelOutcome:
-        """Label ``items`` (captions for classification, ordered pairs for ranking)."""
+    def label(self, items: Sequence[Item], cancel: threading.Event | None = None) -> LabelOutcome:
+        """Label ``items`` (captions for classification, ordered pairs for ranking). Once
+        ``cancel`` is set the backend stops asking and retrying; unanswered items come back as
+        ``failed``."""
         if isinstance(self.spec, PairwiseFromPointwise):
-            return self._label_derived(items)
-        return self._label_asked(self.spec, items)
+            return self._label_derived(items, cancel)
+        return self._label_asked(self.spec, items, cancel)
 
-    def _ask(self, requests: Sequence[LLMRequest]) -> tuple[list[LLMReply | None], LLMError | None]:
+    def _ask(
+        self, requests: Sequence[LLMRequest], cancel: threading.Event | None
+    ) -> tuple[list[LLMReply | None], LLMError | None]:
         """One batched backend call; on a fault, the replies that did arrive (None for the rest)."""
         if not requests:
             return [], None
         self.stats.llm_requests += len(requests)
         try:
-            replies: list[LLMReply | None] = list(self.backend.generate(requests))
+            replies: list[LLMReply | None] = list(self.backend.generate(requests, cancel))
             if len(replies) != len(requests):
                 raise LLMError(f"backend returned {len(replies)} replies for {len(requests)} requests")
             return replies, None
         except LLMError as exc:
-            self.stats.server_errors += 1
+            self.stats.server_errors += not isinstance(exc, LLMCancelled)
             partial = list(exc.replies) if len(exc.replies) == len(requests) else [None] * len(requests)
             return partial, exc
 
-    def _label_asked(self, template: PromptTemplate, items: Sequence[Item]) -> LabelOutcome:
-        first, error = self._ask([template.request(item) for item in items])
+    def _label_asked(
+        self, template: PromptTemplate, items: Sequence[Item], cancel: threading.Event | None
+    ) -> LabelOutcome:
+        first, error = self._ask([template.request(item) for item in items], cancel)
         labels = [None if r is None else parse_label(template, r.text) for r in first]
         unreadable = [(i, r) for i, r in enumerate(first) if r is not None and labels[i] is None]
         self.stats.parse_failures += len(unreadable)
-        second, reask_error = self._ask([template.reask(items[i], r.text) for i, r in unreadable])
+        second, reask_error = self._ask([template.reask(items[i], r.text) for i, r in unreadable], cancel)
         reask = {i: again for (i, _), again in zip(unreadable, second)}
         records: list[LabelRecord] = []
         failed: list[Item] = []
@@ -156,13 +162,13 @@ class Labeler:
             records.append(self._record(template, item, label, soft, text, latency, now))
         return LabelOutcome(records, failed, error or reask_error)
 
-    def _label_derived(self, pairs: Sequence[Item]) -> LabelOutcome:
+    def _label_derived(self, pairs: Sequence[Item], cancel: threading.Event | None) -> LabelOutcome:
         """Pairs from per-caption scores: stored ones are reused, missing ones asked now."""
         assert self._pointwise is not None and isinstance(self.spec, PairwiseFromPointwise)
         members = list(dict.fromkeys(c for pair in pairs for c in pair))
         stored = self.store.get_many(self.spec.pointwise.version_hash, self.model_id, members)
         scores = {r.caption: r for r in stored.values()}
-        asked = self._pointwise.label([c for c in members if c not in scores])
+        asked = self._pointwise.label([c for c in members if c not in scores], cancel)
         fresh = {r.caption: r for r in asked.records}
         scores.update(fresh)
         records: list[LabelRecord] = []
@@ -508,7 +514,8 @@ class Annotator:
                 self._wake.wait(0.5)
                 continue
             try:
-                outcome = self.labeler.label([item for item, _ in batch])
+                # _stop cancels retries: close() must not wait out a failing endpoint's backoffs
+                outcome = self.labeler.label([item for item, _ in batch], cancel=self._stop)
             except LLMConfigError as exc:  # a misconfiguration: retrying cannot help
                 log.error("annotator stopped: %s", exc)
                 with self._changed:
@@ -641,6 +648,8 @@ class Annotator:
             for item, _ in batch:
                 self._inflight.discard(item)
         self._write(outcome.records)
+        if isinstance(outcome.error, LLMCancelled):
+            return  # closing: the unanswered items wait in state_dict()
         if outcome.error is not None:
             log.warning("annotator: LLM fault (%s); %d of %d items back to pending", outcome.error, len(failed), len(batch))
             self._sleep_backoff()

@@ -35,7 +35,7 @@ import numpy as np
 
 from kudos import STARTUP_LOG
 from kudos.errors import KudosError
-from kudos.feedback.llm import LLMError, LLMReply, LLMRequest, logsumexp, sigmoid
+from kudos.feedback.llm import LLMCancelled, LLMError, LLMReply, LLMRequest, logsumexp, sigmoid
 
 log = logging.getLogger(__name__)
 startup = logging.getLogger(STARTUP_LOG)
@@ -254,10 +254,16 @@ class EmbeddedLLM:
         templated = self._formatter is not None
         return self._llm.tokenize(self.chat_text(prompt).encode("utf-8"), add_bos=not templated, special=templated)
 
-    def generate(self, requests: Sequence[LLMRequest]) -> list[LLMReply]:
-        """Answer ``requests`` one after another (llama.cpp's context is single-sequence)."""
+    def generate(self, requests: Sequence[LLMRequest], cancel: threading.Event | None = None) -> list[LLMReply]:
+        """Answer ``requests`` one after another (llama.cpp's context is single-sequence); once
+        ``cancel`` is set, stop after the request in progress (:class:`LLMCancelled`)."""
+        replies: list[LLMReply | None] = []
         with self._lock:
-            return [self._answer(request) for request in requests]
+            for request in requests:
+                if cancel is not None and cancel.is_set():
+                    raise LLMCancelled("cancelled", replies + [None] * (len(requests) - len(replies)))
+                replies.append(self._answer(request))
+        return [r for r in replies if r is not None]
 
     def clear_cache(self) -> None:
         """Forget the cached prompt: the next request evaluates its whole prompt."""

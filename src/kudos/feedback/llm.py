@@ -71,6 +71,12 @@ class LLMError(Exception):
         self.replies = list(replies)
 
 
+class LLMCancelled(LLMError):
+    """The caller's ``cancel`` event was set: the backend stopped after the request in progress
+    instead of waiting out a retry or asking the rest (``replies``: what arrived before). Not a
+    fault of the backend."""
+
+
 class LLMConfigError(KudosError):
     """The endpoints reject what is asked of them (an unknown model name, a wrong URL path): a
     misconfiguration to fix, not a fault to retry."""
@@ -81,8 +87,9 @@ class LLMBackend(Protocol):
 
     model_id: str
 
-    def generate(self, requests: Sequence[LLMRequest]) -> list[LLMReply]:
-        """Blocking and batched; raises :class:`LLMError` when the backend cannot answer."""
+    def generate(self, requests: Sequence[LLMRequest], cancel: threading.Event | None = None) -> list[LLMReply]:
+        """Blocking and batched; raises :class:`LLMError` when the backend cannot answer, and
+        :class:`LLMCancelled` soon after ``cancel`` is set (a caller that is shutting down)."""
         ...
 
     def close(self) -> None: ...
@@ -193,10 +200,12 @@ class OpenAIBackend:
         except (httpx.HTTPError, ValueError):
             return False
 
-    def generate(self, requests: Sequence[LLMRequest]) -> list[LLMReply]:
+    def generate(self, requests: Sequence[LLMRequest], cancel: threading.Event | None = None) -> list[LLMReply]:
         """Requests in order, no retries: the first fault raises :class:`LLMError`."""
         replies: list[LLMReply | None] = [None] * len(requests)
         for i, request in enumerate(requests):
+            if cancel is not None and cancel.is_set():
+                raise LLMCancelled("cancelled", replies)  # replies: None from request i on
             try:
                 replies[i] = self.complete(request)
             except EndpointFault as e:
@@ -283,13 +292,18 @@ class EndpointPool:
         with self._lock:
             return dict(self._counts)
 
-    def generate(self, requests: Sequence[LLMRequest]) -> list[LLMReply]:
+    def generate(self, requests: Sequence[LLMRequest], cancel: threading.Event | None = None) -> list[LLMReply]:
         """All requests concurrently over the endpoints; :class:`LLMError` (with the replies that
         did arrive) if any request failed on every attempt, :class:`LLMConfigError` once every
-        request has been rejected for ``config.client_error_limit_s``."""
-        outcomes = list(self._executor.map(self._answer, requests))
+        request has been rejected for ``config.client_error_limit_s``. Once ``cancel`` is set no
+        request starts or waits for a retry (:class:`LLMCancelled`), so a closing annotator is
+        not held up to ``max_attempts`` backoffs by a failing endpoint."""
+        cancel = cancel or threading.Event()
+        outcomes = list(self._executor.map(lambda request: self._answer(request, cancel), requests))
         failed = [o for o in outcomes if isinstance(o, EndpointFault)]
         replies = [o if isinstance(o, LLMReply) else None for o in outcomes]
+        if cancel.is_set() and len(failed) > 0:
+            raise LLMCancelled(f"cancelled with {len(failed)} of {len(requests)} requests unanswered", replies)
         if failed:
             with self._lock:
                 since = self._rejecting_since
@@ -311,14 +325,17 @@ class EndpointPool:
         with self._lock:
             self._counts[key] += 1
 
-    def _answer(self, request: LLMRequest) -> LLMReply | EndpointFault:
+    def _answer(self, request: LLMRequest, cancel: threading.Event) -> LLMReply | EndpointFault:
+        if cancel.is_set():
+            return EndpointFault("cancelled", "cancelled before it was sent")
         self._count("requests")
         fault = EndpointFault("connection_errors", "no endpoint was reachable")
         for attempt in range(self.config.max_attempts):
             if attempt:
+                if cancel.wait(self._backoff(attempt)):
+                    return EndpointFault("cancelled", f"cancelled after {attempt} attempts ({fault})")
                 self._count("retries")
-                time.sleep(self._backoff(attempt))
-            endpoint = self._acquire()
+            endpoint = self._acquire(cancel)
             if endpoint is None:
                 continue
             try:
@@ -342,12 +359,12 @@ class EndpointPool:
     def _backoff(self, attempt: int) -> float:
         return min(self.config.max_backoff_s, self.config.backoff_s * 2 ** (attempt - 1))
 
-    def _acquire(self) -> _Endpoint | None:
+    def _acquire(self, cancel: threading.Event) -> _Endpoint | None:
         """The least-loaded healthy endpoint, counted as busy until :meth:`_release`.
 
         Down endpoints whose backoff has passed are health-checked first. If every endpoint is
         down, waits for the earliest one's backoff (at most ``max_backoff_s``) and checks again
-        once; None if still none is up.
+        once (unless ``cancel`` is set meanwhile); None if still none is up.
         """
         for check in range(2):
             now = time.monotonic()
@@ -367,7 +384,8 @@ class EndpointPool:
                 pending = [e.retry_at for e in self._endpoints if e.retry_at < math.inf]
             if check == 0:
                 wait = min(pending) - time.monotonic() if pending else self.config.backoff_s
-                time.sleep(min(max(wait, 0.0), self.config.max_backoff_s))
+                if cancel.wait(min(max(wait, 0.0), self.config.max_backoff_s)):
+                    return None
         return None
 
     def _health_check(self, endpoint: _Endpoint) -> None:
