@@ -97,7 +97,7 @@ def estimate_seconds(runs: list[RunSpec]) -> float:
 
 
 def kudos() -> list[str]:
-    return [sys.executable, "-c", "import sys; from kudos.cli import main; sys.exit(main())"]
+    return [sys.executable, "-c", "import sys; from kudos.commands.main import main; sys.exit(main())"]
 
 
 def train(run: RunSpec, root: Path, shared_store: bool) -> int:

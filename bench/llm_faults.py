@@ -34,7 +34,7 @@ MODEL = "bench-stand-in"
 def train_rate(url: str, steps: int, c_int: float, workdir: Path, name: str) -> tuple[float, str]:
     """env steps/s of one `kudos train` run (its last progress line) and that line."""
     cmd = [
-        sys.executable, "-m", "kudos.cli", "train", "--task", "Score", "--reward", "classification",
+        sys.executable, "-m", "kudos", "train", "--task", "Score", "--reward", "classification",
         "--llm", url, "--steps", str(steps), "--output", str(workdir / name),
         "--store", str(workdir / f"{name}.sqlite"), "--set", "run.log_every_s=1", "--set", f"reward.c_int={c_int}",
     ]

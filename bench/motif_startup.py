@@ -66,7 +66,7 @@ def main() -> None:
         store = Path(tmp) / "labels.sqlite"
         prepare_store(store, args.pairs)
         print(f"store: {args.pairs:,} pair labels for {MODEL_ID}", flush=True)
-        cmd = [sys.executable, "-m", "kudos.cli", "train", "--reward", "motif", "--store", str(store),
+        cmd = [sys.executable, "-m", "kudos", "train", "--reward", "motif", "--store", str(store),
                "--steps", "256", "--output", str(Path(tmp) / "run"), "--set", "run.log_every_s=0",
                "--set", f"reward.motif_steps={args.motif_steps}"]
         start = time.monotonic()

@@ -111,7 +111,7 @@ def label_captions(
     """LLM labels (1/0, P(helpful)) of ``captions``, asked through a label store at ``store_path``,
     and the prompt hash and model id they were asked with. "Unknown" answers are left out."""
     from kudos.feedback.annotator import Labeler
-    from kudos.feedback.commands import annotate_items
+    from kudos.commands.annotate import annotate_items
     from kudos.feedback.embedded import EmbeddedLLM
     from kudos.feedback.store import open_store
 

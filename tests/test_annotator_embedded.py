@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from kudos.cli import main
+from kudos.commands.main import main
 from kudos.feedback.annotator import Annotator, AnnotatorConfig
 from kudos.feedback.prompts import PromptTemplate
 from kudos.feedback.store import open_store

@@ -1,5 +1,6 @@
 """The `kudos` command as a user runs it: real subprocesses, exit codes and one-line errors."""
 
+import os
 import subprocess
 import sys
 
@@ -10,8 +11,9 @@ from kudos.envs import TASKS
 
 def kudos(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "kudos.cli", *args], capture_output=True, text=True, timeout=120,
-        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+        [sys.executable, "-m", "kudos", *args], capture_output=True, text=True, timeout=120,
+        # PYTHONPATH passes through: the subprocess runs the checkout this test imports.
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "PYTHONPATH": os.environ.get("PYTHONPATH", "")},
     )
 
 

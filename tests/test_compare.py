@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
-from kudos.cli import main
+from kudos.commands.main import main
 from kudos.eval.compare import bootstrap, compare, find_runs, load_run
 
 STEPS = np.arange(0, 1001, 100)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kudos.cli import main
+from kudos.commands.main import main
 from kudos.config import load_config
 from kudos.eval.episodes import evaluate_run
 from kudos.rl.checkpoint import CheckpointError

@@ -26,7 +26,7 @@ def test_smoke_grid_runs_compares_and_resumes(tmp_path):
     # An interrupted run: checkpointed at 1,024 of its 2,048 steps, no `done` marker.
     interrupted = tmp_path / "MiniHack-KeyRoom-S5" / "none-s101"
     subprocess.run(
-        [sys.executable, "-m", "kudos.cli", "train", "--task", "MiniHack-KeyRoom-S5", "--reward", "none",
+        [sys.executable, "-m", "kudos", "train", "--task", "MiniHack-KeyRoom-S5", "--reward", "none",
          "--seed", "101", "--steps", "1024", "--output", str(interrupted), "--set", "env.num_envs=8",
          "--set", "appo.rollout=16", "--set", "env.max_episode_steps=64"],
         check=True, capture_output=True, env=dict(os.environ, PYTHONPATH=str(REPO / "src")), timeout=300,

@@ -431,7 +431,7 @@ def test_rejected_requests_become_a_one_line_error_after_the_limit(proxy: Faulty
 
 
 def _kudos(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kudos.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "kudos", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_kudos_annotate_and_train_stop_when_every_request_is_rejected(proxy: FaultyLLMServer, tmp_path: Path) -> None:
@@ -454,7 +454,7 @@ def test_kudos_annotate_and_train_stop_when_every_request_is_rejected(proxy: Fau
 def test_kudos_llm_serve_serves_the_embedded_model(upstream: str) -> None:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "kudos.cli", "llm", "serve", "--port", str(port), "--threads", "1"],
+        [sys.executable, "-m", "kudos", "llm", "serve", "--port", str(port), "--threads", "1"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kudos.cli import main
+from kudos.commands.main import main
 from kudos.envs import get_task
 from kudos.rewards.online import RewardConfig, scoring_model
 from kudos.feedback.store import open_store

@@ -122,7 +122,7 @@ def test_kudos_appo_labels_snapshots_checkpoints_and_survives_kills(cluster: Non
 
 def test_kudos_train_engine_rllib_runs_and_resumes(cluster: None, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    from kudos.cli import main
+    from kudos.commands.main import main
 
     output = tmp_path / "run"
     common = ["--engine", "rllib", "--reward", "none", "--num-envs", "2", "--set", "env.max_episode_steps=40"]

@@ -10,7 +10,7 @@ import pytest
 from kudos.config import load_config
 from kudos.errors import KudosError
 from kudos.integrations import RAY_INSTALL, require_ray
-from kudos.integrations.commands import add_engine_arguments, run_engine
+from kudos.commands.rllib import add_engine_arguments, run_engine
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def test_kudos_engine_is_left_to_the_native_trainer(no_ray: None) -> None:
 
 
 def test_kudos_train_engine_rllib_without_ray(no_ray: None, tmp_path: object, capsys: pytest.CaptureFixture[str]) -> None:
-    from kudos.cli import main
+    from kudos.commands.main import main
 
     assert main(["train", "--engine", "rllib", "--reward", "none", "--steps", "10", "--output", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()

@@ -79,7 +79,7 @@ def test_checkpoint_and_outputs(tmp_path):
 
 def _kudos(*args: str, **kwargs) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "kudos.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
+        [sys.executable, "-m", "kudos", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
     )
 
 

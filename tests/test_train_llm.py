@@ -61,7 +61,7 @@ def test_offline_motif_from_pairs_in_the_store(tmp_path: Path, llama_server: str
     pairs.write_text("".join(json.dumps({"first": a, "second": b}) + "\n"
                              for i, a in enumerate(captions) for b in captions[i + 1:]))
     done = subprocess.run(
-        [sys.executable, "-m", "kudos.cli", "annotate", str(pairs), "--llm", llama_server,
+        [sys.executable, "-m", "kudos", "annotate", str(pairs), "--llm", llama_server,
          "--store", str(tmp_path / "labels.sqlite")], capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr

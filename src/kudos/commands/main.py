@@ -1,6 +1,6 @@
-"""The ``kudos`` command.
+"""The ``kudos`` command (the console script and ``python -m kudos``).
 
-Subcommands live next to what they drive; each module in :data:`COMMAND_MODULES` exposes
+Each module in :data:`COMMAND_MODULES` (all in :mod:`kudos.commands`) exposes
 ``register(subparsers)`` and keeps its heavy imports inside its handlers, so ``kudos --help``
 stays fast. Errors a user can cause (:class:`~kudos.errors.KudosError`) print as one line.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import sys
 from typing import Sequence
 
 from rich.console import Console
@@ -22,8 +21,8 @@ from kudos.errors import KudosError
 
 #: Modules that add subcommands (each has ``register(subparsers)``).
 COMMAND_MODULES: tuple[str, ...] = (
-    "kudos.feedback.commands", "kudos.feedback.llm_commands", "kudos.rl.commands", "kudos.eval.commands",
-    "kudos.eval.compare_command",
+    "kudos.commands.annotate", "kudos.commands.llm", "kudos.commands.train", "kudos.commands.eval",
+    "kudos.commands.compare",
 )
 
 console = Console()
@@ -78,7 +77,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("kudos: interrupted")
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """``kudos train --engine rllib``: the options and the run loop's console output.
 
-:mod:`kudos.rl.commands` adds these options to ``kudos train`` with :func:`add_engine_arguments`
+:mod:`kudos.commands.train` adds these options to ``kudos train`` with :func:`add_engine_arguments`
 and hands a run to :func:`run_engine` before building its own trainer.
 """
 

@@ -15,7 +15,7 @@ from rich.text import Text
 
 from kudos import STARTUP_LOG
 from kudos.errors import KudosError
-from kudos.integrations.commands import add_engine_arguments, run_engine
+from kudos.commands.rllib import add_engine_arguments, run_engine
 
 console = Console()
 
