@@ -26,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from kudos.errors import KudosError
+from kudos.fsutil import atomic_write
 from kudos.feedback.annotator import Labeler, resolve_spec
 from kudos.feedback.llm import HTTPConfig, LLMBackend
 from kudos.feedback.prompts import GOALS, PromptTemplate
@@ -180,18 +181,15 @@ def annotate_items(
 def write_output(path: Path, items: list[Item], store: LabelStore, labeler: Labeler) -> int:
     """One JSON object per input item (duplicates included) with its stored record; atomic."""
     records = store.get_many(labeler.prompt_hash, labeler.model_id, items)
-    tmp = path.with_name(path.name + ".tmp")
-    written = 0
-    with tmp.open("w", encoding="utf-8") as f:
-        for item in items:
-            record = records.get(item)
-            if record is not None:
-                obj: dict[str, Any] = asdict(record)
-                del obj["id"]
-                f.write(json.dumps(obj, ensure_ascii=False) + "\n")
-                written += 1
-    tmp.replace(path)
-    return written
+    lines = []
+    for item in items:
+        record = records.get(item)
+        if record is not None:
+            obj: dict[str, Any] = asdict(record)
+            del obj["id"]
+            lines.append(json.dumps(obj, ensure_ascii=False) + "\n")
+    atomic_write(path, "".join(lines))
+    return len(lines)
 
 
 def register(subparsers: Any) -> None:

@@ -9,6 +9,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from kudos.fsutil import atomic_write
+
 Line = tuple[np.ndarray, np.ndarray]  # (x (N,), y (N,))
 
 
@@ -53,7 +55,7 @@ def _png(figure: Any, path: str | Path | None = None) -> bytes:
     figure.savefig(buffer, format="png")
     png = buffer.getvalue()
     if path is not None:
-        Path(path).write_bytes(png)
+        atomic_write(path, png)
     return png
 
 

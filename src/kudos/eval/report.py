@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from kudos.errors import KudosError
+from kudos.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -237,8 +238,7 @@ def build_report(
         style=_STYLE,
     )
     path = Path(output) if output is not None else run_dir / REPORT_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
+    atomic_write(path, page)
     log.info("report of %s built in %.1f s", run_dir, time.perf_counter() - started)
     return Report(path, path.stat().st_size, notes, diagnostics.warnings)
 

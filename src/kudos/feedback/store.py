@@ -34,10 +34,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit, urlunsplit
 
 from kudos.errors import KudosError
+from kudos.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -309,17 +310,18 @@ class LabelStore(ABC):
             since = rows[-1][0]
 
     def export_jsonl(self, path: str | Path) -> int:
-        """Write every record as one JSON object per line (atomically: temp file + rename)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
+        """Write every record as one JSON object per line (atomically: :func:`~kudos.fsutil.atomic_write`)."""
         count = 0
-        with tmp.open("w", encoding="utf-8") as f:
+
+        def write(f: BinaryIO) -> None:
+            nonlocal count
             for record in self.iter_all():
                 obj = asdict(record)
                 del obj["id"]
-                f.write(json.dumps(obj, ensure_ascii=False) + "\n")
+                f.write((json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8"))
                 count += 1
-        tmp.replace(path)
+
+        atomic_write(path, write)
         return count
 
     def import_jsonl(self, path: str | Path) -> int:

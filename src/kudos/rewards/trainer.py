@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import torch
 
 from kudos.errors import ConfigError
+from kudos.fsutil import atomic_write
 from kudos.rewards.base import RewardModel
 from kudos.rewards.learned import FrozenModelError, LearnedRewardModel
 from kudos.rewards.sources import LabelRecords, LabelSource, StoreLabelSource
@@ -261,12 +262,9 @@ class OnlineRewardTrainer:
             self._metrics = TrainerMetrics(**state["metrics"])
 
     def checkpoint(self, path: str | os.PathLike[str]) -> None:
-        """Write :meth:`state_dict` to ``path`` atomically (temp file + rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
+        """Write :meth:`state_dict` to ``path`` atomically (:func:`~kudos.fsutil.atomic_write`)."""
+        state = self.state_dict()
+        atomic_write(path, lambda f: torch.save(state, f))
         with self._metrics_lock:
             self._metrics.checkpoints += 1
 

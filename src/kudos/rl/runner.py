@@ -37,6 +37,7 @@ from kudos import STARTUP_LOG
 from kudos.config import KudosConfig, load_config
 from kudos.envs import get_task
 from kudos.errors import ConfigError
+from kudos.fsutil import atomic_write
 from kudos.rewards.online import IntrinsicReward
 from kudos.rewards.shaping import RewardShaper
 from kudos.rl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -87,8 +88,7 @@ class Stats:
 
 
 def save_config(config: KudosConfig, directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / CONFIG_NAME).write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+    atomic_write(directory / CONFIG_NAME, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
 
 
 def source_revision() -> tuple[str, bool | None]:
