@@ -146,12 +146,12 @@ def main() -> None:
         without, with_trainer = [], []
         steps, version = classifier.steps, classifier.version
         for _ in range(args.windows):
-            for batch in rollouts:  # stop() published: refill the cache, or "without" pays for it
+            for batch in rollouts:  # close() published: refill the cache, or "without" pays for it
                 classifier(batch)
             without.append(throughput(classifier, rollouts, args.window_s))
             trainer.start()
             with_trainer.append(throughput(classifier, rollouts, args.window_s))
-            trainer.stop()
+            trainer.close()
         ratio = np.median(with_trainer) / np.median(without)
         taken = (classifier.steps - steps) / (args.windows * args.window_s)
         print(f"  {name} ({pace:g} steps/s): {np.median(with_trainer):,.0f} captions/s with the trainer vs "

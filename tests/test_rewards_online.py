@@ -53,6 +53,12 @@ def test_labels_flow_from_the_llm_to_the_reward_model(tmp_path):
         state = reward.state_dict()
     finally:
         reward.close()
+    # close() is idempotent and leaves the counters, the model and its state readable: a run's
+    # last report and checkpoint come after it.
+    reward.close()
+    assert reward.metrics()["llm/classify/labels"] == len(captions)
+    np.testing.assert_array_equal(reward(captions), scores)
+    assert reward.state_dict()["trainers"][0]["cursor"] == state["trainers"][0]["cursor"]
 
     # A second service on the same store asks the LLM nothing and restores the model exactly.
     again = IntrinsicReward(config, llm, goal="score", trainer=TrainerConfig(min_labels=1, poll_interval_s=0.1))

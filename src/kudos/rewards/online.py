@@ -201,6 +201,7 @@ class IntrinsicReward:
         self.backend: LLMBackend | None = None
         self.annotators: dict[str, Annotator] = {}
         self.trainers: list[OnlineRewardTrainer] = []
+        self._closed = False
         try:
             members = [self._build(t) for t in config.kinds]
         except BaseException:
@@ -347,17 +348,18 @@ class IntrinsicReward:
         for kind, saved in state["annotators"].items():
             self.annotators[kind].load_state_dict(saved)
 
-    def stop(self) -> None:
-        """Stop the annotators (each stores the batch it has in flight) and then the trainers;
-        counters, :meth:`metrics` and :meth:`state_dict` stay readable. Idempotent."""
+    def close(self) -> None:
+        """Stop the annotators (each stores the batch it has in flight), then the trainers (each
+        publishes and checkpoints), then release the LLM and the store. :meth:`metrics` and
+        :meth:`state_dict` stay readable, so a run's last report and checkpoint come after it.
+        Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         for annotator in self.annotators.values():
             annotator.close()
         for trainer in self.trainers:
-            trainer.stop()
-
-    def close(self) -> None:
-        """:meth:`stop`, then release the LLM and the store."""
-        self.stop()
+            trainer.close()
         if self.backend is not None:
             self.backend.close()
         if self.store is not None:

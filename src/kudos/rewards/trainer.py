@@ -94,7 +94,7 @@ class TrainerMetrics:
 class OnlineRewardTrainer:
     """Trains ``model`` from ``source`` in a background thread (see the module docstring).
 
-    Use as a context manager, or call :meth:`start` and :meth:`stop`. :meth:`notify` (e.g. an
+    Use as a context manager, or call :meth:`start` and :meth:`close`. :meth:`notify` (e.g. an
     annotator's new-label callback) makes the trainer read the source right away.
     """
 
@@ -130,8 +130,9 @@ class OnlineRewardTrainer:
         self._thread = threading.Thread(target=self._run, name="kudos-reward-trainer", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop the thread, publish the latest weights and write a last checkpoint."""
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the thread, publish the latest weights and write a last checkpoint; :attr:`metrics`
+        stay readable and :meth:`start` may run it again. A no-op when not running."""
         if self._thread is None:
             return
         self._stop.set()
@@ -156,7 +157,7 @@ class OnlineRewardTrainer:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.close()
 
     @property
     def metrics(self) -> TrainerMetrics:

@@ -313,7 +313,7 @@ class Trainer:
                     self.checkpoint()
                     next_checkpoint = now + self.config.run.checkpoint_every_s
             if self.reward is not None:
-                self.reward.stop()  # the LLM batch in flight is stored and counted before the last report
+                self.reward.close()  # the LLM batch in flight is stored and counted before the last report
             self._report(started, steps_at_start)
             self.checkpoint()
         finally:
