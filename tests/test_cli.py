@@ -52,3 +52,22 @@ def test_argparse_errors_exit_2_without_traceback():
     result = kudos("eval", "--episodes", "many")
     assert result.returncode == 2 and "invalid int value" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_only_the_commands_package_imports_argparse_or_rich():
+    """The library logs and returns data; turning it into options, tables and progress is the CLI's job."""
+    import ast
+    from pathlib import Path
+
+    import kudos
+
+    root = Path(kudos.__file__).parent
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        if path.relative_to(root).parts[0] == "commands":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.relative_to(root)}: {n}" for n in names if n.split(".")[0] in ("argparse", "rich")]
+    assert offenders == []
