@@ -20,6 +20,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import Any, Sequence
 
 import gymnasium as gym
@@ -148,6 +149,29 @@ def _worker(
     finally:
         for env in envs:
             env.close()
+
+
+def stop_processes(conns: Sequence[Connection | None], procs: Sequence[BaseProcess | None], goodbye: Any) -> None:
+    """Send ``goodbye`` down each pipe, give each process 5 s to exit, then terminate it (and kill
+    it if SIGTERM did not end it within 1 s), and close the pipes. None entries (workers not
+    started, e.g. after a failed constructor) are skipped; a pipe already broken is ignored."""
+    for conn in conns:
+        if conn is not None:
+            try:
+                conn.send(goodbye)
+            except (BrokenPipeError, OSError):
+                pass
+    for proc in procs:
+        if proc is None:
+            continue
+        proc.join(timeout=5.0)
+        for end in (proc.terminate, proc.kill):
+            if proc.is_alive():
+                end()
+                proc.join(timeout=1.0)
+    for conn in conns:
+        if conn is not None:
+            conn.close()
 
 
 class VectorNetHack:
@@ -309,21 +333,7 @@ class VectorNetHack:
             return
         self._closed = True
         # Workers not started (a failed constructor) are None.
-        conns = [c for c in self._conns if c is not None]
-        for conn in conns:
-            try:
-                conn.send(("close", None))
-            except (BrokenPipeError, OSError):
-                pass
-        for proc in self._procs:
-            if proc is None:
-                continue
-            proc.join(timeout=5.0)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(timeout=1.0)
-        for conn in conns:
-            conn.close()
+        stop_processes(self._conns, self._procs, ("close", None))
 
     def __enter__(self) -> "VectorNetHack":
         return self

@@ -42,7 +42,7 @@ import torch
 
 from kudos.envs import make_env
 from kudos.envs.tasks import TaskSpec, get_task
-from kudos.envs.vector import EpisodeSummary
+from kudos.envs.vector import EpisodeSummary, stop_processes
 from kudos.rl.policy import POLICY_OBSERVATION_KEYS, NetHackPolicy, PolicyConfig
 from kudos.rl.trajectory import TrajectoryBuffers, encode_caption
 from kudos.rl.weights import SharedWeights
@@ -516,21 +516,5 @@ class WorkerSet:
             return
         self._closed = True
         self.control.stop[0] = 1
-        for conn in self.conns:
-            if conn is None:
-                continue
-            try:
-                conn.send(-1)
-            except (BrokenPipeError, OSError):
-                pass
-        for proc in [*self.procs, self.policy_proc]:
-            if proc is None:
-                continue
-            proc.join(timeout=5.0)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(timeout=1.0)
-        for conn in self.conns:
-            if conn is not None:
-                conn.close()
+        stop_processes(self.conns, [*self.procs, self.policy_proc], -1)
 
