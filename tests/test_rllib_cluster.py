@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 pytest.importorskip("ray.rllib", reason="Ray RLlib is not installed: pip install 'kudos[ray]'")
@@ -174,3 +175,39 @@ def test_kudos_train_engine_rllib_run_directory_reports_and_resumes(cluster: Non
 
 def _steps(out: str, prefix: str) -> list[int]:
     return [int(line.split()[1].split("/")[0].replace(",", "")) for line in out.splitlines() if line.startswith(prefix)]
+
+
+@pytest.mark.parametrize("reward", ["retrieval", "classification", "ranking", "motif", "cosine", "ensemble",
+                                    "classification+episode_cap"])
+def test_every_reward_type_trains_on_rllib(cluster: None, tmp_path: Path, reward: str) -> None:
+    """Each reward type of the native trainer, for a few hundred steps on RLlib (an instant stand-in
+    LLM labels): the learner shapes with it and the service labels what it needs."""
+    from kudos.cli import main
+
+    kind, _, option = reward.partition("+")
+    store = tmp_path / "labels.sqlite"
+    llm = StandInLLM(MODEL_ID)
+    try:
+        if kind == "motif":  # offline Motif fits pair labels already in the store
+            pairs = tmp_path / "pairs.jsonl"
+            captions = ["You kill the newt!", "It's a wall.", "You find a hidden passage.", "The door is locked."]
+            pairs.write_text("".join(f'{{"first": "{a}", "second": "{b}"}}\n' for a in captions for b in captions if a < b))
+            assert main(["annotate", str(pairs), "--llm", llm.url, "--llm-model", MODEL_ID, "--store", str(store)]) == 0
+        overrides = [f"reward.type={kind}", f"llm.backend={llm.url}", f"llm.model={MODEL_ID}", f"llm.store={store}",
+                     "env.num_envs=2", "env.max_episode_steps=40", "reward.motif_steps=50"]
+        if option == "episode_cap":
+            overrides.append("reward.episode_cap=0.05")
+        config = load_config(None, overrides)
+        algo = appo_config(config, num_env_runners=2, envs_per_runner=1).build_algo()
+        try:
+            online = kind not in ("cosine", "motif")
+            _train_until(algo, lambda r: env_steps_trained(r) >= 300 and (
+                not online or sum(v for k, v in r.get("kudos", {}).items() if k.endswith("/labels")) > 0))
+            stats = on_connector(algo, lambda c: c.run_stats)
+            assert sum(stats.arrays()[0]) >= 300  # the connector shaped every step it trained on
+            if not online or kind == "ensemble":  # scores from the first batch on
+                assert np.abs(stats.arrays()[2]).sum() > 0
+        finally:
+            algo.stop()
+    finally:
+        llm.close()

@@ -20,9 +20,9 @@ the LLM twice for the same caption).
 Differences from kudos's own trainer, on purpose: RLlib resets an env on the step *after* it
 ends, so the policy sees each terminal observation (kudos's vector resets within the step); the
 GRU state is reset by RLlib at episode starts (sequences never cross episodes), and
-backpropagates through ``max_seq_len = appo.recurrence`` steps. Not supported here:
-``reward.episode_cap`` (RLlib hands the learner episode fragments in any order) and the ``cosine``
-reward (its sentence encoder does not travel as a snapshot).
+backpropagates through ``max_seq_len = appo.recurrence`` steps. ``reward.episode_cap`` is kept
+per episode (RLlib hands the learner fragments of many episodes interleaved); the ``cosine``
+reward's snapshot carries its goal only, and each learner embeds with its own sentence encoder.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from kudos.rewards.online import IntrinsicReward, LLMConfig, RewardConfig
 from kudos.rewards.retrieval import RetrievalReward
 from kudos.rewards.shaping import RewardShaper, ShapingConfig
 from kudos.rewards.trainer import TrainerConfig
-from kudos.rewards.wrapper import shaped_rewards
+from kudos.rewards.wrapper import intrinsic_rewards
 from kudos.rl.policy import POLICY_OBSERVATION_KEYS, NetHackPolicy, get_policy_config
 from kudos.rl.runstats import RunStats
 
@@ -262,9 +262,10 @@ class IntrinsicRewardConnector(ConnectorV2):
     the batch's episodes, in place of the env's reward.
 
     Per batch: reward t of an episode pairs with the caption and episode count the env returned
-    with action t (``infos[t + 1]``; ``infos[0]`` is the reset's), and the batch is shaped in one
-    :func:`~kudos.rewards.wrapper.shaped_rewards` call (one update of the normalisation
-    statistics per batch, as kudos's learner makes per rollout). The batch's captions go to the
+    with action t (``infos[t + 1]``; ``infos[0]`` is the reset's), and the batch is shaped as
+    :func:`~kudos.rewards.wrapper.shaped_rewards` shapes a rollout (one update of the normalisation
+    statistics per batch, as kudos's learner makes per rollout), the episode cap added up per
+    episode across fragments. The batch's captions go to the
     :class:`RewardService` without waiting (all of them, repeats included, as kudos's learner
     submits them: ranking samples pairs by frequency); a newer snapshot is asked for in the
     background and used from the batch after it arrived.
@@ -282,9 +283,9 @@ class IntrinsicRewardConnector(ConnectorV2):
                  shaping: ShapingConfig, skip_empty_caption: bool = False, scorer: RewardModel | None = None,
                  diagnostics: DiagnosticsConfig | None = None, **kwargs: Any) -> None:
         super().__init__(input_observation_space, input_action_space, **kwargs)
-        if shaping.episode_cap is not None:
-            raise ConfigError("reward.episode_cap is not supported by the rllib engine; leave it unset")
         self.shaper = RewardShaper(shaping, num_envs=1)
+        #: Intrinsic reward collected so far by each unfinished episode (``episode_cap`` only).
+        self.episode_intrinsic: dict[str, float] = {}
         self.skip_empty_caption = skip_empty_caption
         self.scorer = scorer
         self.service: Any = None
@@ -338,11 +339,19 @@ class IntrinsicRewardConnector(ConnectorV2):
         self._submit([info["caption"] for info in infos])
         if self.scorer is None:
             r_int = np.zeros_like(r_env)
-            total = self.shaper(r_env, r_int, counts, ends)
         else:
-            total, r_int = shaped_rewards(self.scorer, self.shaper, r_env, captions, counts, ends,
-                                          self.skip_empty_caption)
+            r_int = intrinsic_rewards(self.scorer, [c[0] for c in captions], self.skip_empty_caption)[:, None]
+        # The shaper's steps, with the episode cap kept per episode (fragments of one episode
+        # arrive in order, but other episodes' fragments come in between).
+        intrinsic = self.shaper.intrinsic(r_int, counts)  # one normalisation update per batch
         offsets = np.cumsum([0, *lengths])
+        if self.shaper.config.episode_cap is not None:
+            for episode, start, stop in zip(episodes, offsets[:-1], offsets[1:]):
+                collected = np.array([self.episode_intrinsic.pop(episode.id_, 0.0)])
+                self.shaper.cap(intrinsic[start:stop], ends[start:stop], collected)
+                if not episode.is_done:
+                    self.episode_intrinsic[episode.id_] = float(collected[0])
+        total = self.shaper.extrinsic(r_env) + intrinsic
         for episode, start, stop in zip(episodes, offsets[:-1], offsets[1:]):
             episode.set_rewards(new_data=total[start:stop, 0])
             self.run_stats.record_fragment(episode.id_, [c[0] for c in captions[start:stop]], counts[start:stop, 0],
@@ -372,13 +381,15 @@ class IntrinsicRewardConnector(ConnectorV2):
         return batch
 
     def get_state(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        return {"shaper": self.shaper.state_dict(), "run_stats": self.run_stats.state_dict()}
+        return {"shaper": self.shaper.state_dict(), "run_stats": self.run_stats.state_dict(),
+                "episode_intrinsic": dict(self.episode_intrinsic)}
 
     def set_state(self, state: dict[str, Any]) -> None:
         if "shaper" in state:
             self.shaper.load_state_dict(state["shaper"])
         if "run_stats" in state:
             self.run_stats.load_state_dict(state["run_stats"])
+        self.episode_intrinsic = dict(state.get("episode_intrinsic", {}))
 
 
 def _reward_connectors(learner: Any) -> list[IntrinsicRewardConnector]:
@@ -478,11 +489,6 @@ def appo_config(config: KudosConfig, num_env_runners: int = 2, envs_per_runner: 
     """
     task = get_task(config.env.task)
     shaping = config.reward.shaping(task.extrinsic_coef)
-    if shaping.episode_cap is not None:
-        raise ConfigError("reward.episode_cap is not supported by the rllib engine; leave it unset")
-    if "cosine" in config.reward.kinds:
-        # Its sentence encoder holds a lock and the MiniLM model: it cannot be shipped as a snapshot.
-        raise ConfigError("the cosine reward (alone or in an ensemble) is not supported by the rllib engine yet")
     per_runner = envs_per_runner or max(1, config.env.num_envs // max(1, num_env_runners))
     appo = config.appo
     settings = {"reward": config.reward, "llm": config.llm, "goal": task.goal, "trainer": trainer,
