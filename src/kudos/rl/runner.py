@@ -218,6 +218,9 @@ class Trainer:
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
+        if state.get("engine") == "rllib":  # its checkpoint.pt is for `kudos report`; RLlib's resumes it
+            raise ConfigError("this run was trained with --engine rllib: "
+                              "resume it with `kudos train --engine rllib --resume`")
         if state["task"] != self.task.name or state["reward_type"] != self.config.reward.type:
             raise ConfigError(
                 f"the checkpoint is of a {state['task']} run with reward {state['reward_type']!r}; "

@@ -147,6 +147,7 @@ class RunStats:
         self._episode_ext = np.zeros(num_envs, dtype=np.float64)
         self._episode_int = np.zeros(num_envs, dtype=np.float64)
         self.recent_episodes: deque[tuple[float, float]] = deque(maxlen=config.window_episodes)
+        self._open_episodes: dict[Any, tuple[float, float]] = {}  # record_fragment's (ext, int) so far
         # (caption, LLM label) of recent classification labels, appended by the annotator thread.
         self.recent_labels: deque[tuple[str, int]] = deque(maxlen=config.recent_labels)
         # (prompt hash, model id) of the classification labels, so reports find them in the store.
@@ -166,30 +167,46 @@ class RunStats:
         """Add one rollout: ``captions`` T lists of B strings, ``counts`` int (T, B) per-episode
         sightings, ``dones`` bool (T+1, B) (``dones[t+1]``: step t ended its episode),
         ``env_rewards`` and raw ``r_int`` float (T, B)."""
-        index, seen, episodes, earned, last = self.index, self._seen, self._episodes, self._earned, self._last
         for t, row in enumerate(captions):
-            first = (counts[t] == 1).tolist()
-            rewards = r_int[t].tolist()
-            for b, caption in enumerate(row):
-                if not caption:  # steps without a message earn nothing and are not captions
-                    continue
-                i = index.get(caption)
-                if i is None:
-                    i = index[caption] = len(self.captions)
-                    self.captions.append(caption)
-                    seen.append(0)
-                    episodes.append(0)
-                    earned.append(0.0)
-                    last.append(0.0)
-                seen[i] += 1
-                episodes[i] += first[b]
-                earned[i] += rewards[b]
-                last[i] = rewards[b]
+            self._add_captions(row, (counts[t] == 1).tolist(), r_int[t].tolist())
             self._episode_ext += env_rewards[t]
             self._episode_int += r_int[t]
             for b in np.flatnonzero(dones[t + 1]):
                 self.recent_episodes.append((float(self._episode_ext[b]), float(self._episode_int[b])))
                 self._episode_ext[b] = self._episode_int[b] = 0.0
+
+    def record_fragment(self, key: Any, captions: Sequence[str], counts: np.ndarray, done: bool,
+                        env_rewards: np.ndarray, r_int: np.ndarray) -> None:
+        """Add one episode fragment of N steps (engines that hand over fragments of episodes in
+        any order, as RLlib does): ``key`` names its episode (the returns add up per key until a
+        fragment with ``done``), ``counts`` int (N,), ``env_rewards`` and raw ``r_int`` float (N,).
+        The partial returns of unfinished episodes are not checkpointed."""
+        self._add_captions(captions, (np.asarray(counts) == 1).tolist(), np.asarray(r_int).tolist())
+        ext, intr = self._open_episodes.pop(key, (0.0, 0.0))
+        ext, intr = ext + float(np.sum(env_rewards)), intr + float(np.sum(r_int))
+        if done:
+            self.recent_episodes.append((ext, intr))
+        else:
+            self._open_episodes[key] = (ext, intr)
+
+    def _add_captions(self, captions: Sequence[str], first: Sequence[bool], rewards: Sequence[float]) -> None:
+        """Count one sighting of each caption (``first``: the first of its episode) and its reward."""
+        index, seen, episodes, earned, last = self.index, self._seen, self._episodes, self._earned, self._last
+        for caption, is_first, reward in zip(captions, first, rewards):
+            if not caption:  # steps without a message earn nothing and are not captions
+                continue
+            i = index.get(caption)
+            if i is None:
+                i = index[caption] = len(self.captions)
+                self.captions.append(caption)
+                seen.append(0)
+                episodes.append(0)
+                earned.append(0.0)
+                last.append(0.0)
+            seen[i] += 1
+            episodes[i] += is_first
+            earned[i] += reward
+            last[i] = reward
 
     def follow(self, annotator: Any) -> None:
         """Keep the new labels of the run's classification annotator (for the disagreement figure)
