@@ -190,7 +190,7 @@ def _steps(out: str, prefix: str) -> list[int]:
 def test_every_reward_type_trains_on_rllib(cluster: None, tmp_path: Path, reward: str) -> None:
     """Each reward type of the native trainer, for a few hundred steps on RLlib (an instant stand-in
     LLM labels): the learner shapes with it and the service labels what it needs."""
-    from kudos.cli import main
+    from kudos.commands.main import main
 
     kind, _, option = reward.partition("+")
     store = tmp_path / "labels.sqlite"

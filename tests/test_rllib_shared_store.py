@@ -49,7 +49,7 @@ def _run(address: str, llm: StandInLLM, store: str, output: Path, steps: int) ->
     same new captions at about the same moments)."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     return subprocess.Popen(
-        [sys.executable, "-m", "kudos.cli", "train", "--engine", "rllib", "--ray-address", address, "--env-runners", "1",
+        [sys.executable, "-m", "kudos", "train", "--engine", "rllib", "--ray-address", address, "--env-runners", "1",
          "--reward", "classification", "--llm", llm.url, "--llm-model", MODEL_ID, "--store", store,
          "--num-envs", "2", "--steps", str(steps), "--set", "env.max_episode_steps=40", "--output", str(output)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
