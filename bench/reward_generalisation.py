@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from kudos.envs import make_env
-from kudos.feedback.embedded import MODEL_ID
+from kudos.feedback.model_files import MODEL_ID
 from kudos.feedback.prompts import PromptTemplate
 from kudos.rewards import CaptionLabel, ClassifierConfig, ClassifierReward, RetrievalReward
 from kudos.rewards.dataset import in_validation

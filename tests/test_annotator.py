@@ -20,7 +20,7 @@ import pytest
 
 from kudos.errors import KudosError
 from kudos.feedback.annotator import Annotator, AnnotatorConfig, AnnotatorMetrics, Labeler
-from kudos.feedback.llm import LLMError, LLMReply, LLMRequest
+from kudos.feedback.backend import LLMError, LLMReply, LLMRequest
 from kudos.feedback.prompts import PAIR_FIRST, PAIR_NONE, PAIR_SECOND, PairwiseFromPointwise, PromptTemplate
 from kudos.feedback.store import Item, LabelRecord, LabelStore, SQLiteLabelStore, StoreError
 

@@ -17,7 +17,7 @@ submitted caption (duplicates included, so frequent captions weigh more) joins a
 of observations, and each :meth:`Annotator.submit` adds ``pairs_per_submit`` pairs drawn from it
 while fewer than ``2 * batch_size`` items wait for the worker; ``"per_new_caption"`` pairs each
 new distinct caption with earlier ones, once. A pair the store holds is never asked again. An
-endpoint that rejects every request (:class:`~kudos.feedback.llm.LLMConfigError`) stops the
+endpoint that rejects every request (:class:`~kudos.feedback.backend.LLMConfigError`) stops the
 service: the next ``submit`` raises that one-line error. Small models answer
 "A or B?" with a position bias, so for backends with ``pointwise_only`` (the embedded model) pair
 preferences are derived from per-caption scores (:class:`~kudos.feedback.prompts.PairwiseFromPointwise`).
@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from kudos.errors import ConfigError
-from kudos.feedback.llm import LLMBackend, LLMCancelled, LLMConfigError, LLMError, LLMReply, LLMRequest
+from kudos.feedback.backend import LLMBackend, LLMCancelled, LLMConfigError, LLMError, LLMReply, LLMRequest
 from kudos.feedback.parse import derive_preference, parse_label
 from kudos.feedback.prompts import LabelSpec, PairwiseFromPointwise, PromptTemplate
 from kudos.feedback.store import ClaimHeartbeat, Item, LabelRecord, LabelStore, StoreError, new_claim_owner

@@ -1,15 +1,12 @@
-"""LLM backends behind one interface: requests in, replies (text and P(positive answer)) out.
+"""OpenAI-compatible HTTP endpoints (vLLM, ``python -m llama_cpp.server``, ``kudos llm serve``).
 
-- :class:`~kudos.feedback.embedded.EmbeddedLLM`: the default, llama.cpp in-process (embedded.py).
-- :class:`OpenAIBackend`: one OpenAI-compatible HTTP endpoint (vLLM, ``python -m llama_cpp.server``,
-  ``kudos llm serve``), chat completions or completions, with top log-probabilities.
+- :class:`OpenAIBackend`: one endpoint, chat completions or completions, with top log-probabilities.
 - :class:`EndpointPool`: several such endpoints with load spreading, timeouts, retries with
-  exponential backoff and health checks; it raises :class:`LLMError` only when no endpoint could
-  answer, and :class:`LLMConfigError` when the endpoints have rejected every request (HTTP 4xx)
-  for ``HTTPConfig.client_error_limit_s``. Every fault is counted in ``EndpointPool.stats``.
-
-``make_backend(spec)`` builds one from a command-line string; :func:`served_model` asks endpoints
-which model they serve.
+  exponential backoff and health checks; it raises :class:`~kudos.feedback.backend.LLMError` only
+  when no endpoint could answer, and :class:`~kudos.feedback.backend.LLMConfigError` when the
+  endpoints have rejected every request (HTTP 4xx) for ``HTTPConfig.client_error_limit_s``. Every
+  fault is counted in ``EndpointPool.stats``.
+- :func:`served_model` asks endpoints which model they serve.
 """
 
 from __future__ import annotations
@@ -22,77 +19,14 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, Sequence
+from typing import Any, Literal, Sequence
 
 import httpx
 
 from kudos.errors import KudosError
+from kudos.feedback.backend import LLMCancelled, LLMConfigError, LLMError, LLMReply, LLMRequest, p_from_top_logprobs
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class LLMRequest:
-    """One question to the LLM.
-
-    ``answer_tokens``: when set, the backend also returns the probability of ``answer_tokens[1]``
-    versus ``answer_tokens[0]`` as the first generated token, if it can.
-    ``max_tokens``: 1 for a direct answer; ~512 for ONI's reasoning format.
-    """
-
-    prompt: str
-    max_tokens: int = 1
-    answer_tokens: tuple[str, str] | None = ("0", "1")
-
-
-@dataclass(frozen=True)
-class LLMReply:
-    """The LLM's answer to one :class:`LLMRequest`.
-
-    ``p_positive``: P(answer_tokens[1]) / (P(a0) + P(a1)) at the first generated token, None if
-    unavailable. ``latency_s``: wall time of the request, seconds.
-    """
-
-    text: str
-    p_positive: float | None
-    latency_s: float
-    model_id: str
-
-
-class LLMError(Exception):
-    """The backend could not answer (after its own retries): timeouts, 5xx, refused connections.
-
-    ``replies`` holds, per request of the failed batch, the reply if that request succeeded and
-    None otherwise, so a caller keeps the answers it did get.
-    """
-
-    def __init__(self, message: str, replies: Sequence[LLMReply | None] = ()) -> None:
-        super().__init__(message)
-        self.replies = list(replies)
-
-
-class LLMCancelled(LLMError):
-    """The caller's ``cancel`` event was set: the backend stopped after the request in progress
-    instead of waiting out a retry or asking the rest (``replies``: what arrived before). Not a
-    fault of the backend."""
-
-
-class LLMConfigError(KudosError):
-    """The endpoints reject what is asked of them (an unknown model name, a wrong URL path): a
-    misconfiguration to fix, not a fault to retry."""
-
-
-class LLMBackend(Protocol):
-    """What the annotator talks to. ``model_id`` goes into label-store keys."""
-
-    model_id: str
-
-    def generate(self, requests: Sequence[LLMRequest], cancel: threading.Event | None = None) -> list[LLMReply]:
-        """Blocking and batched; raises :class:`LLMError` when the backend cannot answer, and
-        :class:`LLMCancelled` soon after ``cancel`` is set (a caller that is shutting down)."""
-        ...
-
-    def close(self) -> None: ...
 
 
 @dataclass
@@ -120,35 +54,6 @@ class EndpointFault(Exception):
         super().__init__(message)
         self.kind = kind
         self.retryable = retryable
-
-
-def logsumexp(values: Sequence[float]) -> float:
-    """log(sum(exp(v))), stable for very negative or large values."""
-    top = max(values)
-    return top + math.log(sum(math.exp(v - top) for v in values))
-
-
-def sigmoid(x: float) -> float:
-    """1 / (1 + exp(-x)), without overflow for large |x|."""
-    return 0.5 * (1.0 + math.tanh(0.5 * x))
-
-
-def p_from_top_logprobs(top: dict[str, float], answers: tuple[str, str]) -> float | None:
-    """P(answers[1]) / (P(answers[0]) + P(answers[1])) from a first token's top log-probabilities.
-
-    Tokens match an answer after stripping whitespace. An answer absent from the top list gets
-    the lowest listed log-probability, an upper bound of its own; None if both are absent.
-    """
-    mass: list[list[float]] = [[], []]
-    for token, logprob in top.items():
-        for i, answer in enumerate(answers):
-            if token.strip() == answer:
-                mass[i].append(logprob)
-    if not mass[0] and not mass[1]:
-        return None
-    floor = min(top.values())
-    lp = [logsumexp(m) if m else floor for m in mass]
-    return sigmoid(lp[1] - lp[0])
 
 
 class OpenAIBackend:
@@ -449,31 +354,3 @@ def served_model(urls: Sequence[str], model: str | None = None, config: HTTPConf
         raise LLMConfigError(f"the endpoints serve {len(ids)} models ({', '.join(ids) or 'none'}): choose one "
                              "with --llm-model")
     return ids[0]
-
-
-def make_backend(
-    spec: str | None,
-    *,
-    threads: int | None = None,
-    model: str | None = None,
-    config: HTTPConfig | None = None,
-) -> LLMBackend:
-    """Build a backend from a spec string.
-
-    - None or ``"embedded"``: :class:`~kudos.feedback.embedded.EmbeddedLLM` with ``threads``
-      llama.cpp threads (default 1, for sharing the cores with a trainer); ``model`` must be None.
-    - ``"http://host:port/v1[,http://host2:port/v1...]"``: an :class:`EndpointPool`; ``model`` is the
-      served model's name (default: the one model the endpoints serve, see :func:`served_model`).
-    """
-    if spec is None or spec == "embedded":
-        if model is not None:
-            raise KudosError(f"a model name ({model!r}) applies to HTTP endpoints; the embedded backend has one model")
-        from kudos.feedback.embedded import EmbeddedLLM
-
-        return EmbeddedLLM(threads=threads or 1)
-    urls = [u.strip() for u in spec.split(",") if u.strip()]
-    if not urls or not all(u.startswith(("http://", "https://")) for u in urls):
-        raise KudosError(f"unknown LLM backend {spec!r}: use 'embedded' or 'http://host:port/v1[,http://...]'")
-    config = config or HTTPConfig()
-    model_id = served_model(urls, model, config)
-    return EndpointPool([OpenAIBackend(u, model_id, config) for u in urls], config)
