@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from kudos.backoff import Backoff
 from kudos.errors import ConfigError
 from kudos.feedback.backend import LLMBackend, LLMCancelled, LLMConfigError, LLMError, LLMReply, LLMRequest
 from kudos.feedback.parse import derive_preference, parse_label
@@ -218,7 +219,8 @@ class AnnotatorConfig:
     claim_lease_s: before asking, the worker claims its batch in the store for this long (renewed
         every third of it while it lives), so runs sharing a store ask about each item once; an
         item another run holds is checked against the store again ``claim_retry_s`` later.
-    backoff_s / max_backoff_s: wait after a server fault, doubling per consecutive fault (seconds).
+    backoff_s / max_backoff_s: wait after a server fault, doubling per consecutive fault (seconds;
+        equal jitter, 50-100 % of that, so runs that failed together do not retry in step).
     nice: added to the worker thread's scheduling niceness (Linux): an in-process LLM then
         yields the cores to training when both want them, and takes what is left.
     """
@@ -337,7 +339,7 @@ class Annotator:
         self._unwritten: list[LabelRecord] = []  # labelled but not yet stored (store fault)
         self._subscribers: list[Callable[[list[LabelRecord]], None]] = []
         self._counts = _Counters()
-        self._backoff_s = 0.0
+        self._backoff = Backoff(self.config.backoff_s, self.config.max_backoff_s, seed=self.config.seed)
         self._started = time.monotonic()
 
     # -- caller side ------------------------------------------------------------------------------
@@ -654,7 +656,7 @@ class Annotator:
             log.warning("annotator: LLM fault (%s); %d of %d items back to pending", outcome.error, len(failed), len(batch))
             self._sleep_backoff()
         else:
-            self._backoff_s = 0.0
+            self._backoff.reset()
 
     def _write(self, records: list[LabelRecord]) -> None:
         """Store records (with any held back by an earlier store fault), then notify subscribers."""
@@ -693,6 +695,6 @@ class Annotator:
             self._counts.rate.popleft()
 
     def _sleep_backoff(self) -> None:
-        """Wait after a fault: backoff_s, doubling per consecutive fault up to max_backoff_s."""
-        self._backoff_s = min(self.config.max_backoff_s, max(self.config.backoff_s, 2 * self._backoff_s))
-        self._stop.wait(self._backoff_s)
+        """Wait after a fault (a jittered backoff_s, doubling per consecutive fault up to
+        max_backoff_s), or until close()."""
+        self._backoff.wait(self._stop)

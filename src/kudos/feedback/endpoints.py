@@ -2,7 +2,7 @@
 
 - :class:`OpenAIBackend`: one endpoint, chat completions or completions, with top log-probabilities.
 - :class:`EndpointPool`: several such endpoints with load spreading, timeouts, retries with
-  exponential backoff and health checks; it raises :class:`~kudos.feedback.backend.LLMError` only
+  jittered exponential backoff (:class:`~kudos.backoff.Backoff`) and health checks; it raises :class:`~kudos.feedback.backend.LLMError` only
   when no endpoint could answer, and :class:`~kudos.feedback.backend.LLMConfigError` when the
   endpoints have rejected every request (HTTP 4xx) for ``HTTPConfig.client_error_limit_s``. Every
   fault is counted in ``EndpointPool.stats``.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import random
 import threading
 import time
 from collections import Counter
@@ -23,6 +24,7 @@ from typing import Any, Literal, Sequence
 
 import httpx
 
+from kudos.backoff import Backoff
 from kudos.errors import KudosError
 from kudos.feedback.backend import LLMCancelled, LLMConfigError, LLMError, LLMReply, LLMRequest, p_from_top_logprobs
 
@@ -38,7 +40,7 @@ class HTTPConfig:
     connect_timeout_s: float = 2.0
     top_logprobs: int = 10  # alternatives asked for at the answer token
     max_attempts: int = 4  # per request, over all endpoints
-    backoff_s: float = 0.5  # wait after the first failure; doubles per further failure
+    backoff_s: float = 0.5  # wait after the first failure; doubles per further failure (equal jitter: 50-100 %)
     max_backoff_s: float = 8.0
     health_timeout_s: float = 2.0
     concurrency: int = 2  # requests in flight per endpoint
@@ -157,9 +159,9 @@ class OpenAIBackend:
 @dataclass
 class _Endpoint:
     backend: OpenAIBackend
+    backoff: Backoff  # counts consecutive failures; spaces the health checks of a down endpoint
     up: bool = True
     in_flight: int = 0
-    failures: int = 0  # consecutive
     retry_at: float = 0.0  # time.monotonic() when a down endpoint gets its next health check
 
 
@@ -168,7 +170,7 @@ class EndpointPool:
 
     Each request goes to the healthy endpoint with the fewest requests in flight (round-robin on
     ties). A fault marks the endpoint down; it gets no traffic until a health check
-    (``GET /models``) passes, tried after an exponential backoff. A failed request is retried,
+    (``GET /models``) passes, tried after a jittered exponential backoff. A failed request is retried,
     on another endpoint where there is one, up to ``config.max_attempts`` times.
 
     ``stats`` counts: requests, replies, empty_replies, retries, timeouts, connection_errors,
@@ -183,7 +185,8 @@ class EndpointPool:
             raise KudosError(f"all endpoints of a pool must serve one model id, got {sorted(models)}")
         self.model_id = endpoints[0].model_id
         self.config = config or endpoints[0].config
-        self._endpoints = [_Endpoint(e) for e in endpoints]
+        self._rng = random.Random()  # backoff jitter, shared by every retry loop of the pool
+        self._endpoints = [_Endpoint(e, self._new_backoff()) for e in endpoints]
         self._round_robin = itertools.count()
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
@@ -235,9 +238,10 @@ class EndpointPool:
             return EndpointFault("cancelled", "cancelled before it was sent")
         self._count("requests")
         fault = EndpointFault("connection_errors", "no endpoint was reachable")
+        retry = self._new_backoff()
         for attempt in range(self.config.max_attempts):
             if attempt:
-                if cancel.wait(self._backoff(attempt)):
+                if retry.wait(cancel):
                     return EndpointFault("cancelled", f"cancelled after {attempt} attempts ({fault})")
                 self._count("retries")
             endpoint = self._acquire(cancel)
@@ -261,8 +265,8 @@ class EndpointPool:
         self._count("failed_requests")
         return fault
 
-    def _backoff(self, attempt: int) -> float:
-        return min(self.config.max_backoff_s, self.config.backoff_s * 2 ** (attempt - 1))
+    def _new_backoff(self) -> Backoff:
+        return Backoff(self.config.backoff_s, self.config.max_backoff_s, rng=self._rng)
 
     def _acquire(self, cancel: threading.Event) -> _Endpoint | None:
         """The least-loaded healthy endpoint, counted as busy until :meth:`_release`.
@@ -298,12 +302,12 @@ class EndpointPool:
         with self._lock:
             self._counts["health_checks"] += 1
             if ok:
-                endpoint.up, endpoint.failures = True, 0
+                endpoint.up = True
+                endpoint.backoff.reset()
                 log.info("LLM endpoint %s is healthy again", endpoint.backend.base_url)
             else:
                 self._counts["health_failures"] += 1
-                endpoint.failures += 1
-                endpoint.retry_at = time.monotonic() + self._backoff(endpoint.failures)
+                endpoint.retry_at = time.monotonic() + endpoint.backoff.next()
 
     def _release(self, endpoint: _Endpoint, ok: bool, rejected: bool = False) -> None:
         """``rejected``: the request was refused as malformed (HTTP 4xx): the clock of
@@ -314,13 +318,12 @@ class EndpointPool:
                 self._rejecting_since = time.monotonic()
             if ok:
                 self._rejecting_since = None
-                endpoint.failures = 0
+                endpoint.backoff.reset()
             else:
                 if endpoint.up:
                     self._counts["endpoint_down"] += 1
                 endpoint.up = False
-                endpoint.failures += 1
-                endpoint.retry_at = time.monotonic() + self._backoff(endpoint.failures)
+                endpoint.retry_at = time.monotonic() + endpoint.backoff.next()
 
 
 def served_model(urls: Sequence[str], model: str | None = None, config: HTTPConfig | None = None) -> str:
