@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from kudos.feedback.annotator import resolve_spec
+from kudos.feedback.labeler import resolve_spec
 from kudos.feedback.embedded import EmbeddedLLM
 from kudos.feedback.model_files import MODEL_ID
 from kudos.feedback.parse import derive_preference

@@ -110,7 +110,7 @@ def label_captions(
 ) -> tuple[dict[str, tuple[int, float | None]], dict[str, str]]:
     """LLM labels (1/0, P(helpful)) of ``captions``, asked through a label store at ``store_path``,
     and the prompt hash and model id they were asked with. "Unknown" answers are left out."""
-    from kudos.feedback.annotator import Labeler
+    from kudos.feedback.labeler import Labeler
     from kudos.feedback.commands import annotate_items
     from kudos.feedback.embedded import EmbeddedLLM
     from kudos.feedback.store import open_store

@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from kudos.errors import KudosError
-from kudos.feedback.annotator import Labeler, resolve_spec
+from kudos.feedback.labeler import Labeler, resolve_spec
 from kudos.feedback.backend import LLMBackend
 from kudos.feedback.endpoints import HTTPConfig
 from kudos.feedback.prompts import GOALS, PromptTemplate

@@ -2,10 +2,11 @@
 
 - :class:`OpenAIBackend`: one endpoint, chat completions or completions, with top log-probabilities.
 - :class:`EndpointPool`: several such endpoints with load spreading, timeouts, retries with
-  jittered exponential backoff (:class:`~kudos.backoff.Backoff`) and health checks; it raises :class:`~kudos.feedback.backend.LLMError` only
-  when no endpoint could answer, and :class:`~kudos.feedback.backend.LLMConfigError` when the
-  endpoints have rejected every request (HTTP 4xx) for ``HTTPConfig.client_error_limit_s``. Every
-  fault is counted in ``EndpointPool.stats``.
+  jittered exponential backoff (:class:`~kudos.backoff.Backoff`) and health checks; it raises
+  :class:`~kudos.feedback.backend.LLMError` only when no endpoint could answer, and
+  :class:`~kudos.feedback.backend.LLMConfigError` when the endpoints have rejected every request
+  (HTTP 4xx) for ``HTTPConfig.client_error_limit_s``. Every fault is counted in
+  ``EndpointPool.stats``.
 - :func:`served_model` asks endpoints which model they serve.
 """
 
@@ -26,7 +27,14 @@ import httpx
 
 from kudos.backoff import Backoff
 from kudos.errors import KudosError
-from kudos.feedback.backend import LLMCancelled, LLMConfigError, LLMError, LLMReply, LLMRequest, p_from_top_logprobs
+from kudos.feedback.backend import (
+    LLMCancelled,
+    LLMConfigError,
+    LLMError,
+    LLMReply,
+    LLMRequest,
+    p_from_top_logprobs,
+)
 
 log = logging.getLogger(__name__)
 

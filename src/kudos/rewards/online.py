@@ -27,7 +27,8 @@ import numpy as np
 
 from kudos import STARTUP_LOG
 from kudos.errors import ConfigError, KudosError
-from kudos.feedback.annotator import Annotator, AnnotatorConfig, resolve_spec
+from kudos.feedback.annotator import Annotator, AnnotatorConfig
+from kudos.feedback.labeler import resolve_spec
 from kudos.feedback.backend import LLMBackend
 from kudos.feedback.embedded import EmbeddedLLM
 from kudos.feedback.endpoints import HTTPConfig
