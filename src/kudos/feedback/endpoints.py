@@ -51,7 +51,11 @@ class HTTPConfig:
     backoff_s: float = 0.5  # wait after the first failure; doubles per further failure (equal jitter: 50-100 %)
     max_backoff_s: float = 8.0
     health_timeout_s: float = 2.0
-    concurrency: int = 2  # requests in flight per endpoint
+    # Requests in flight per endpoint, on average: the pool runs concurrency x endpoints at once
+    # and one endpoint takes at most twice its share. 2 suits llama.cpp's server (one slot: more
+    # only queue there); vLLM batches whatever is in flight, so give it 32 or more.
+    concurrency: int = 2
+    latency_smoothing: float = 0.2  # weight of the newest reply in an endpoint's latency average
     # When every request has been rejected (HTTP 4xx other than 408/429) for this long, with no
     # reply in between, generate() raises LLMConfigError instead of retrying forever.
     client_error_limit_s: float = 60.0
@@ -79,7 +83,7 @@ class OpenAIBackend:
         self.model_id = model
         self.config = config or HTTPConfig()
         timeout = httpx.Timeout(self.config.timeout_s, connect=self.config.connect_timeout_s)
-        limits = httpx.Limits(max_connections=self.config.concurrency * 2)
+        limits = httpx.Limits(max_connections=self.config.concurrency * 2)  # the pool's per-endpoint cap
         self._client = httpx.Client(timeout=timeout, limits=limits)
 
     def complete(self, request: LLMRequest) -> LLMReply:
@@ -170,14 +174,20 @@ class _Endpoint:
     backoff: Backoff  # counts consecutive failures; spaces the health checks of a down endpoint
     up: bool = True
     in_flight: int = 0
+    latency_s: float | None = None  # moving average of its replies' latency; None: unmeasured since up
     retry_at: float = 0.0  # time.monotonic() when a down endpoint gets its next health check
 
 
 class EndpointPool:
     """Several OpenAI-compatible endpoints serving the same model, as one :class:`LLMBackend`.
 
-    Each request goes to the healthy endpoint with the fewest requests in flight (round-robin on
-    ties). A fault marks the endpoint down; it gets no traffic until a health check
+    Each request goes to the healthy endpoint where it would be answered soonest by the
+    measurements so far: the least ``(in_flight + 1) * latency``, with ``latency`` the endpoint's
+    moving average (``config.latency_smoothing``) of reply latencies, the average of the others
+    while it has none (so at first: the fewest in flight, round-robin on ties). A faster endpoint
+    thus gets more of the requests, up to twice ``config.concurrency`` in flight; a slower one
+    gets requests while the faster one's queue is that many times longer. A fault marks the
+    endpoint down; it gets no traffic until a health check
     (``GET /models``) passes, tried after a jittered exponential backoff. A failed request is retried,
     on another endpoint where there is one, up to ``config.max_attempts`` times.
 
@@ -265,7 +275,7 @@ class EndpointPool:
                 if not e.retryable:
                     break
                 continue
-            self._release(endpoint, ok=True)
+            self._release(endpoint, ok=True, latency_s=reply.latency_s)
             self._count("replies")
             if not reply.text:
                 self._count("empty_replies")
@@ -294,8 +304,7 @@ class EndpointPool:
             with self._lock:
                 up = [e for e in self._endpoints if e.up]
                 if up:
-                    turn, n = next(self._round_robin), len(self._endpoints)
-                    chosen = min(up, key=lambda e: (e.in_flight, (self._endpoints.index(e) - turn) % n))
+                    chosen = self._soonest(up)
                     chosen.in_flight += 1
                     return chosen
                 pending = [e.retry_at for e in self._endpoints if e.retry_at < math.inf]
@@ -305,21 +314,35 @@ class EndpointPool:
                     return None
         return None
 
+    def _soonest(self, up: list[_Endpoint]) -> _Endpoint:
+        """The endpoint of ``up`` expected to answer a new request soonest; caller holds the lock."""
+        measured = [e.latency_s for e in up if e.latency_s is not None]
+        typical = sum(measured) / len(measured) if measured else 1.0
+        open_ = [e for e in up if e.in_flight < 2 * self.config.concurrency] or up
+        turn, n = next(self._round_robin), len(self._endpoints)
+
+        def expected_wait(e: _Endpoint) -> tuple[float, int]:
+            latency = typical if e.latency_s is None else e.latency_s
+            return (e.in_flight + 1) * latency, (self._endpoints.index(e) - turn) % n
+
+        return min(open_, key=expected_wait)
+
     def _health_check(self, endpoint: _Endpoint) -> None:
         ok = endpoint.backend.healthy()
         with self._lock:
             self._counts["health_checks"] += 1
             if ok:
-                endpoint.up = True
+                endpoint.up, endpoint.latency_s = True, None  # measured afresh
                 endpoint.backoff.reset()
                 log.info("LLM endpoint %s is healthy again", endpoint.backend.base_url)
             else:
                 self._counts["health_failures"] += 1
                 endpoint.retry_at = time.monotonic() + endpoint.backoff.next()
 
-    def _release(self, endpoint: _Endpoint, ok: bool, rejected: bool = False) -> None:
+    def _release(self, endpoint: _Endpoint, ok: bool, rejected: bool = False, latency_s: float = 0.0) -> None:
         """``rejected``: the request was refused as malformed (HTTP 4xx): the clock of
-        ``client_error_limit_s`` starts at the first such refusal after the last reply."""
+        ``client_error_limit_s`` starts at the first such refusal after the last reply.
+        ``latency_s``: of the reply, when ``ok``."""
         with self._lock:
             endpoint.in_flight -= 1
             if rejected and self._rejecting_since is None:
@@ -327,6 +350,9 @@ class EndpointPool:
             if ok:
                 self._rejecting_since = None
                 endpoint.backoff.reset()
+                average = endpoint.latency_s
+                weight = self.config.latency_smoothing
+                endpoint.latency_s = latency_s if average is None else average + weight * (latency_s - average)
             else:
                 if endpoint.up:
                     self._counts["endpoint_down"] += 1
