@@ -11,6 +11,7 @@ import pytest
 
 from kudos.feedback.backend import LLMRequest
 from kudos.feedback.endpoints import EndpointPool, HTTPConfig, OpenAIBackend
+from kudos.feedback.factory import make_backend
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from stand_in_llm import StandInLLM  # noqa: E402  (the stand-in server, shared with the benches)
@@ -65,3 +66,18 @@ def test_one_killed_endpoint_does_not_stop_the_pool() -> None:
     finally:
         pool.close()
         second.close()
+
+
+def test_a_vllm_endpoint_gets_more_requests_in_flight() -> None:
+    """make_backend reads who serves each endpoint from GET /models (vLLM says owned_by "vllm")."""
+    vllm, other = StandInLLM(MODEL, owned_by="vllm"), StandInLLM(MODEL)
+    config = HTTPConfig(concurrency=2, vllm_concurrency=24)
+    pool = make_backend(f"{vllm.url},{other.url}", config=config)
+    try:
+        assert isinstance(pool, EndpointPool)
+        assert [e.backend.concurrency for e in pool._endpoints] == [24, 2]
+        assert len(pool.generate([LLMRequest(f"caption {i}") for i in range(30)])) == 30
+    finally:
+        pool.close()
+        vllm.close()
+        other.close()

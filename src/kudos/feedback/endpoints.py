@@ -7,7 +7,8 @@
   :class:`~kudos.feedback.backend.LLMConfigError` when the endpoints have rejected every request
   (HTTP 4xx) for ``HTTPConfig.client_error_limit_s``. Every fault is counted in
   ``EndpointPool.stats``.
-- :func:`served_model` asks endpoints which model they serve.
+- :func:`served_model` asks endpoints which model they serve; :func:`endpoint_concurrency` how
+  many requests to keep in flight there.
 """
 
 from __future__ import annotations
@@ -51,10 +52,12 @@ class HTTPConfig:
     backoff_s: float = 0.5  # wait after the first failure; doubles per further failure (equal jitter: 50-100 %)
     max_backoff_s: float = 8.0
     health_timeout_s: float = 2.0
-    # Requests in flight per endpoint, on average: the pool runs concurrency x endpoints at once
-    # and one endpoint takes at most twice its share. 2 suits llama.cpp's server (one slot: more
-    # only queue there); vLLM batches whatever is in flight, so give it 32 or more.
+    # Requests in flight per endpoint, on average: the pool runs the endpoints' sum at once and one
+    # endpoint takes at most twice its share. 2 suits llama.cpp's server (one slot: more only queue
+    # there); vLLM batches whatever is in flight, so an endpoint that says it is vLLM (owned_by
+    # "vllm" in GET /models, when make_backend builds the pool) gets vllm_concurrency.
     concurrency: int = 2
+    vllm_concurrency: int = 32
     latency_smoothing: float = 0.2  # weight of the newest reply in an endpoint's latency average
     # When every request has been rejected (HTTP 4xx other than 408/429) for this long, with no
     # reply in between, generate() raises LLMConfigError instead of retrying forever.
@@ -78,12 +81,15 @@ class OpenAIBackend:
     ``model_id`` of the labels (``kudos llm serve`` serves the embedded model under its own id).
     """
 
-    def __init__(self, base_url: str, model: str, config: HTTPConfig | None = None) -> None:
+    def __init__(
+        self, base_url: str, model: str, config: HTTPConfig | None = None, concurrency: int | None = None
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.model_id = model
         self.config = config or HTTPConfig()
+        self.concurrency = concurrency or self.config.concurrency  # requests in flight, on average
         timeout = httpx.Timeout(self.config.timeout_s, connect=self.config.connect_timeout_s)
-        limits = httpx.Limits(max_connections=self.config.concurrency * 2)  # the pool's per-endpoint cap
+        limits = httpx.Limits(max_connections=self.concurrency * 2)  # the pool's per-endpoint cap
         self._client = httpx.Client(timeout=timeout, limits=limits)
 
     def complete(self, request: LLMRequest) -> LLMReply:
@@ -185,7 +191,7 @@ class EndpointPool:
     measurements so far: the least ``(in_flight + 1) * latency``, with ``latency`` the endpoint's
     moving average (``config.latency_smoothing``) of reply latencies, the average of the others
     while it has none (so at first: the fewest in flight, round-robin on ties). A faster endpoint
-    thus gets more of the requests, up to twice ``config.concurrency`` in flight; a slower one
+    thus gets more of the requests, up to twice its ``concurrency`` in flight; a slower one
     gets requests while the faster one's queue is that many times longer. A fault marks the
     endpoint down; it gets no traffic until a health check
     (``GET /models``) passes, tried after a jittered exponential backoff. A failed request is retried,
@@ -210,7 +216,7 @@ class EndpointPool:
         self._counts: Counter[str] = Counter()
         self._rejecting_since: float | None = None  # first 4xx since the last reply (monotonic s)
         self._executor = ThreadPoolExecutor(
-            max_workers=self.config.concurrency * len(endpoints), thread_name_prefix="llm-pool"
+            max_workers=sum(e.concurrency for e in endpoints), thread_name_prefix="llm-pool"
         )
 
     @property
@@ -318,7 +324,7 @@ class EndpointPool:
         """The endpoint of ``up`` expected to answer a new request soonest; caller holds the lock."""
         measured = [e.latency_s for e in up if e.latency_s is not None]
         typical = sum(measured) / len(measured) if measured else 1.0
-        open_ = [e for e in up if e.in_flight < 2 * self.config.concurrency] or up
+        open_ = [e for e in up if e.in_flight < 2 * e.backend.concurrency] or up
         turn, n = next(self._round_robin), len(self._endpoints)
 
         def expected_wait(e: _Endpoint) -> tuple[float, int]:
@@ -360,23 +366,46 @@ class EndpointPool:
                 endpoint.retry_at = time.monotonic() + endpoint.backoff.next()
 
 
-def served_model(urls: Sequence[str], model: str | None = None, config: HTTPConfig | None = None) -> str:
-    """The model id to send and to key labels by, checked against each endpoint's ``GET /models``.
+def list_models(urls: Sequence[str], config: HTTPConfig | None = None) -> dict[str, list[dict[str, Any]]]:
+    """What each endpoint lists at ``GET /models`` (the ``data`` entries, each with an ``id``);
+    endpoints that do not answer are left out (with a warning)."""
+    timeout = (config or HTTPConfig()).health_timeout_s
+    listed: dict[str, list[dict[str, Any]]] = {}
+    for url in urls:
+        try:
+            reply = httpx.get(url.rstrip("/") + "/models", timeout=timeout)
+            reply.raise_for_status()
+            entries = [dict(m) for m in reply.json()["data"]]
+            for entry in entries:
+                entry["id"] = str(entry["id"])
+            listed[url] = entries
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            log.warning("cannot list the models of %s (%s)", url, type(exc).__name__)
+    return listed
+
+
+def endpoint_concurrency(models: Sequence[dict[str, Any]], config: HTTPConfig) -> int:
+    """Requests in flight for an endpoint listing ``models``: ``config.vllm_concurrency`` if it
+    says it is vLLM, else ``config.concurrency``."""
+    return config.vllm_concurrency if any(m.get("owned_by") == "vllm" for m in models) else config.concurrency
+
+
+def served_model(
+    urls: Sequence[str],
+    model: str | None = None,
+    config: HTTPConfig | None = None,
+    listed: dict[str, list[dict[str, Any]]] | None = None,
+) -> str:
+    """The model id to send and to key labels by, checked against each endpoint's ``GET /models``
+    (``listed``: :func:`list_models`' answer, when the caller has it).
 
     ``model`` None: the one model the reachable endpoints serve. A named model must be among the
     served ones where an endpoint answers; endpoints that do not answer are skipped (a server that
     is down is a fault, retried later), but with ``model`` None at least one must answer.
     Raises :class:`LLMConfigError` in one line otherwise.
     """
-    timeout = (config or HTTPConfig()).health_timeout_s
-    served: dict[str, list[str]] = {}
-    for url in urls:
-        try:
-            reply = httpx.get(url.rstrip("/") + "/models", timeout=timeout)
-            reply.raise_for_status()
-            served[url] = [str(m["id"]) for m in reply.json()["data"]]
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-            log.warning("cannot list the models of %s (%s)", url, type(exc).__name__)
+    listed = list_models(urls, config) if listed is None else listed
+    served = {url: [m["id"] for m in entries] for url, entries in listed.items()}
     if model is not None:
         for url, ids in served.items():
             if model not in ids:
