@@ -26,7 +26,7 @@ import numpy as np
 
 from kudos.errors import KudosError
 from kudos.feedback.annotator import Annotator, AnnotatorConfig
-from kudos.feedback.llm import LLMBackend, LLMReply, LLMRequest
+from kudos.feedback.backend import LLMBackend, LLMReply, LLMRequest
 from kudos.feedback.prompts import PromptTemplate
 from kudos.feedback.store import open_store
 

@@ -138,7 +138,7 @@ def main() -> None:
         print(json.dumps(run_trainer(args.threads, args.seconds)))
         return
 
-    from kudos.feedback.embedded import ensure_embedded_model
+    from kudos.feedback.model_files import ensure_embedded_model
 
     ensure_embedded_model()  # assemble once, outside the timed runs
     settings = {

@@ -23,8 +23,9 @@ import threading
 import time
 from pathlib import Path
 
-from kudos.feedback.annotator import resolve_spec
-from kudos.feedback.embedded import MODEL_ID, EmbeddedLLM
+from kudos.feedback.labeler import resolve_spec
+from kudos.feedback.embedded import EmbeddedLLM
+from kudos.feedback.model_files import MODEL_ID
 from kudos.feedback.parse import derive_preference
 from kudos.feedback.prompts import PairwiseFromPointwise, PromptTemplate
 from kudos.feedback.store import LabelRecord, open_store

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from kudos.envs import make_env
-from kudos.feedback.embedded import MODEL_ID
+from kudos.feedback.model_files import MODEL_ID
 from kudos.feedback.prompts import PromptTemplate
 from kudos.rewards import CaptionLabel, ClassifierConfig, ClassifierReward, RetrievalReward
 from kudos.rewards.dataset import in_validation
@@ -110,8 +110,8 @@ def label_captions(
 ) -> tuple[dict[str, tuple[int, float | None]], dict[str, str]]:
     """LLM labels (1/0, P(helpful)) of ``captions``, asked through a label store at ``store_path``,
     and the prompt hash and model id they were asked with. "Unknown" answers are left out."""
-    from kudos.feedback.annotator import Labeler
     from kudos.commands.annotate import annotate_items
+    from kudos.feedback.labeler import Labeler
     from kudos.feedback.embedded import EmbeddedLLM
     from kudos.feedback.store import open_store
 

@@ -81,7 +81,7 @@ def main() -> None:
         print(json.dumps(child_rllib(args)))
         return
 
-    from kudos.feedback.embedded import MODEL_ID
+    from kudos.feedback.model_files import MODEL_ID
 
     print(f"NetHackScore, {args.envs} envs over {args.workers} workers, T={ROLLOUT}; {args.warmup:.0f} s warm-up, "
           f"{args.seconds:.0f} s measured; {args.rounds} rounds; {os.cpu_count()} cores, "

@@ -25,8 +25,11 @@ FAULTS = ("garbage", "http500", "no_choices")
 class StandInLLM:
     """The stand-in server on a free localhost port; ``url`` is its ``.../v1`` base URL."""
 
-    def __init__(self, model_id: str, delay_s: float = 0.0, faults: Sequence[str] = ()) -> None:
+    def __init__(
+        self, model_id: str, delay_s: float = 0.0, faults: Sequence[str] = (), owned_by: str = "kudos-stand-in"
+    ) -> None:
         self.model_id = model_id
+        self.owned_by = owned_by  # GET /models says who serves it: "vllm" stands in for a vLLM server
         self.delay_s = delay_s
         self.asked: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
@@ -38,7 +41,8 @@ class StandInLLM:
                 pass
 
             def do_GET(self) -> None:
-                self._send(200, {"object": "list", "data": [{"id": stand_in.model_id, "object": "model"}]})
+                model = {"id": stand_in.model_id, "object": "model", "owned_by": stand_in.owned_by}
+                self._send(200, {"object": "list", "data": [model]})
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))

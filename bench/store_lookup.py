@@ -24,7 +24,7 @@ from pathlib import Path
 
 from kudos.errors import KudosError
 from kudos.feedback.annotator import Annotator
-from kudos.feedback.llm import LLMBackend, LLMError, LLMReply, LLMRequest
+from kudos.feedback.backend import LLMBackend, LLMError, LLMReply, LLMRequest
 from kudos.feedback.prompts import PromptTemplate
 from kudos.feedback.store import LabelRecord, LabelStore, open_store
 

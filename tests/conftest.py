@@ -30,7 +30,7 @@ def embedded_model() -> Path:
     missing = _embedded_model_missing()
     if missing is not None:
         pytest.skip(missing)
-    from kudos.feedback.embedded import ensure_embedded_model
+    from kudos.feedback.model_files import ensure_embedded_model
 
     return ensure_embedded_model()
 
@@ -39,7 +39,7 @@ def embedded_model() -> Path:
 def llama_server(embedded_model: Path) -> Iterator[str]:
     """A real ``python -m llama_cpp.server`` on the embedded model (1 thread) at a free localhost
     port; yields its base URL (``http://127.0.0.1:PORT/v1``)."""
-    from kudos.feedback.embedded import start_server, wait_for_server
+    from kudos.feedback.serve import start_server, wait_for_server
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

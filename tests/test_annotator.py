@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from kudos.errors import KudosError
-from kudos.feedback.annotator import Annotator, AnnotatorConfig, AnnotatorMetrics, Labeler
-from kudos.feedback.llm import LLMError, LLMReply, LLMRequest
+from kudos.feedback.annotator import Annotator, AnnotatorConfig, AnnotatorMetrics
+from kudos.feedback.backend import LLMError, LLMReply, LLMRequest
+from kudos.feedback.labeler import Labeler
 from kudos.feedback.prompts import PAIR_FIRST, PAIR_NONE, PAIR_SECOND, PairwiseFromPointwise, PromptTemplate
 from kudos.feedback.store import Item, LabelRecord, LabelStore, SQLiteLabelStore, StoreError
 

@@ -16,9 +16,9 @@ from rich.console import Console
 from test_annotator import FaultyBackend, truth
 
 from kudos.errors import KudosError
-from kudos.feedback.annotator import Labeler
 from kudos.commands.annotate import annotate_items, read_items, write_output
-from kudos.feedback.llm import LLMReply, LLMRequest
+from kudos.feedback.backend import LLMReply, LLMRequest
+from kudos.feedback.labeler import Labeler
 from kudos.feedback.prompts import PromptTemplate
 from kudos.feedback.store import SQLiteLabelStore
 

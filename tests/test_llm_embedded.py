@@ -8,18 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from kudos.feedback.embedded import (
+from kudos.feedback.backend import LLMError, LLMRequest
+from kudos.feedback.embedded import EmbeddedLLM
+from kudos.feedback.model_files import (
     MODEL_ID,
     MODEL_SHA256,
     MODEL_SIZE_BYTES,
-    EmbeddedLLM,
     ModelFileError,
     assemble_parts,
     ensure_embedded_model,
     model_part_paths,
     verify_model_file,
 )
-from kudos.feedback.llm import LLMError, LLMRequest
 from kudos.feedback.prompts import PromptTemplate
 
 HAND_LABELS = Path(__file__).parent / "data" / "hand_labels.jsonl"

@@ -22,18 +22,11 @@ import pytest
 
 from kudos.errors import KudosError
 from kudos.feedback import Annotator, AnnotatorConfig, open_store
-from kudos.feedback.embedded import MODEL_ID, EmbeddedLLM
-from kudos.feedback.llm import (
-    EndpointPool,
-    HTTPConfig,
-    LLMCancelled,
-    LLMConfigError,
-    LLMError,
-    LLMRequest,
-    OpenAIBackend,
-    make_backend,
-    p_from_top_logprobs,
-)
+from kudos.feedback.backend import LLMCancelled, LLMConfigError, LLMError, LLMRequest, p_from_top_logprobs
+from kudos.feedback.embedded import EmbeddedLLM
+from kudos.feedback.endpoints import EndpointPool, HTTPConfig, OpenAIBackend
+from kudos.feedback.factory import make_backend
+from kudos.feedback.model_files import MODEL_ID
 from kudos.feedback.prompts import PromptTemplate
 
 TEMPLATE = PromptTemplate()

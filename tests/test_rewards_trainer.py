@@ -12,7 +12,7 @@ import pytest
 
 from kudos.errors import ConfigError
 from kudos.feedback.annotator import Annotator, AnnotatorConfig
-from kudos.feedback.llm import LLMError, LLMReply, LLMRequest
+from kudos.feedback.backend import LLMError, LLMReply, LLMRequest
 from kudos.feedback.prompts import PromptTemplate
 from kudos.feedback.store import LabelRecord, open_store
 from kudos.rewards import (

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from test_store import _fresh_postgres_db, postgres_url  # noqa: F401  (the throwaway PostgreSQL server)
 
-from kudos.feedback.embedded import MODEL_ID
+from kudos.feedback.model_files import MODEL_ID
 from kudos.feedback.store import open_store
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -30,7 +30,7 @@ _RUN = textwrap.dedent(
     """
     import sys, time
     from kudos.feedback.annotator import Annotator, AnnotatorConfig
-    from kudos.feedback.llm import make_backend
+    from kudos.feedback.factory import make_backend
     from kudos.feedback.prompts import PromptTemplate
     from kudos.feedback.store import open_store
     url, store_url, lease_s = sys.argv[1], sys.argv[2], float(sys.argv[3])

@@ -94,7 +94,7 @@ def main() -> None:
         submit = None
         if args.online:
             from kudos.feedback import Annotator, PromptTemplate, open_store
-            from kudos.feedback.llm import make_backend
+            from kudos.feedback.factory import make_backend
 
             store = stack.enter_context(open_store(Path(tempfile.mkdtemp()) / "labels.sqlite"))
             annotator = stack.enter_context(Annotator(make_backend("embedded"), store, PromptTemplate(kind="classify")))

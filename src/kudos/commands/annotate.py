@@ -26,11 +26,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from kudos.errors import KudosError
-from kudos.fsutil import atomic_write
-from kudos.feedback.annotator import Labeler, resolve_spec
-from kudos.feedback.llm import HTTPConfig, LLMBackend
+from kudos.feedback.backend import LLMBackend
+from kudos.feedback.endpoints import HTTPConfig
+from kudos.feedback.labeler import Labeler, resolve_spec
 from kudos.feedback.prompts import GOALS, PromptTemplate
 from kudos.feedback.store import Item, LabelStore
+from kudos.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +229,7 @@ def register(subparsers: Any) -> None:
 
 def run_annotate(args: argparse.Namespace) -> int:
     """Handler of ``kudos annotate``."""
-    from kudos.feedback.llm import make_backend
+    from kudos.feedback.factory import make_backend
     from kudos.feedback.store import default_store_path, open_store
 
     if args.batch_size < 1:

@@ -36,7 +36,9 @@ def run_serve(args: argparse.Namespace) -> int:
     """Handler of ``kudos llm serve``: blocks until the server exits or Ctrl-C."""
     from rich.console import Console
 
-    from kudos.feedback.embedded import MODEL_ID, serve
+    from kudos.feedback.model_files import MODEL_ID
+
+    from kudos.feedback.serve import serve
 
     def ready(url: str) -> None:
         Console(soft_wrap=True).print(f"serving [bold]{MODEL_ID}[/] at [bold]{url}[/] (use --llm {url}); Ctrl-C stops it")

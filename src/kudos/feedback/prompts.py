@@ -23,7 +23,7 @@ from functools import cached_property
 from typing import Literal
 
 from kudos.errors import ConfigError
-from kudos.feedback.llm import LLMRequest
+from kudos.feedback.backend import LLMRequest
 
 Kind = Literal["classify", "rank"]
 Format = Literal["short", "long"]

@@ -27,10 +27,13 @@ import numpy as np
 
 from kudos import STARTUP_LOG
 from kudos.errors import ConfigError, KudosError
-from kudos.feedback.annotator import Annotator, AnnotatorConfig, resolve_spec
-from kudos.feedback.embedded import MODEL_ID as EMBEDDED_MODEL_ID
+from kudos.feedback.annotator import Annotator, AnnotatorConfig
+from kudos.feedback.labeler import resolve_spec
+from kudos.feedback.backend import LLMBackend
 from kudos.feedback.embedded import EmbeddedLLM
-from kudos.feedback.llm import HTTPConfig, LLMBackend, make_backend
+from kudos.feedback.endpoints import HTTPConfig
+from kudos.feedback.factory import make_backend
+from kudos.feedback.model_files import MODEL_ID as EMBEDDED_MODEL_ID
 from kudos.feedback.prompts import GOALS, PromptTemplate
 from kudos.feedback.store import LabelStore, default_store_path, open_store
 from kudos.rewards.base import RewardModel
@@ -294,7 +297,7 @@ class IntrinsicReward:
     def submit(self, captions: Sequence[str]) -> None:
         """Hand the captions a learner saw (all of them, repeats included: ranking samples pairs
         by frequency) to the annotators; returns at once. Raises the one-line
-        :class:`~kudos.feedback.llm.LLMConfigError` that stopped an annotator, if one did."""
+        :class:`~kudos.feedback.backend.LLMConfigError` that stopped an annotator, if one did."""
         distinct = list(dict.fromkeys(captions))
         for annotator in self.annotators.values():
             annotator.submit(captions if annotator.spec.kind == "rank" else distinct)

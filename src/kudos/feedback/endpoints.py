@@ -1,15 +1,14 @@
-"""LLM backends behind one interface: requests in, replies (text and P(positive answer)) out.
+"""OpenAI-compatible HTTP endpoints (vLLM, ``python -m llama_cpp.server``, ``kudos llm serve``).
 
-- :class:`~kudos.feedback.embedded.EmbeddedLLM`: the default, llama.cpp in-process (embedded.py).
-- :class:`OpenAIBackend`: one OpenAI-compatible HTTP endpoint (vLLM, ``python -m llama_cpp.server``,
-  ``kudos llm serve``), chat completions or completions, with top log-probabilities.
+- :class:`OpenAIBackend`: one endpoint, chat completions or completions, with top log-probabilities.
 - :class:`EndpointPool`: several such endpoints with load spreading, timeouts, retries with
-  exponential backoff and health checks; it raises :class:`LLMError` only when no endpoint could
-  answer, and :class:`LLMConfigError` when the endpoints have rejected every request (HTTP 4xx)
-  for ``HTTPConfig.client_error_limit_s``. Every fault is counted in ``EndpointPool.stats``.
-
-``make_backend(spec)`` builds one from a command-line string; :func:`served_model` asks endpoints
-which model they serve.
+  jittered exponential backoff (:class:`~kudos.backoff.Backoff`) and health checks; it raises
+  :class:`~kudos.feedback.backend.LLMError` only when no endpoint could answer, and
+  :class:`~kudos.feedback.backend.LLMConfigError` when the endpoints have rejected every request
+  (HTTP 4xx) for ``HTTPConfig.client_error_limit_s``. Every fault is counted in
+  ``EndpointPool.stats``.
+- :func:`served_model` asks endpoints which model they serve; :func:`endpoint_concurrency` how
+  many requests to keep in flight there.
 """
 
 from __future__ import annotations
@@ -17,82 +16,28 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import random
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, Sequence
+from typing import Any, Literal, Sequence
 
 import httpx
 
+from kudos.backoff import Backoff
 from kudos.errors import KudosError
+from kudos.feedback.backend import (
+    LLMCancelled,
+    LLMConfigError,
+    LLMError,
+    LLMReply,
+    LLMRequest,
+    p_from_top_logprobs,
+)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class LLMRequest:
-    """One question to the LLM.
-
-    ``answer_tokens``: when set, the backend also returns the probability of ``answer_tokens[1]``
-    versus ``answer_tokens[0]`` as the first generated token, if it can.
-    ``max_tokens``: 1 for a direct answer; ~512 for ONI's reasoning format.
-    """
-
-    prompt: str
-    max_tokens: int = 1
-    answer_tokens: tuple[str, str] | None = ("0", "1")
-
-
-@dataclass(frozen=True)
-class LLMReply:
-    """The LLM's answer to one :class:`LLMRequest`.
-
-    ``p_positive``: P(answer_tokens[1]) / (P(a0) + P(a1)) at the first generated token, None if
-    unavailable. ``latency_s``: wall time of the request, seconds.
-    """
-
-    text: str
-    p_positive: float | None
-    latency_s: float
-    model_id: str
-
-
-class LLMError(Exception):
-    """The backend could not answer (after its own retries): timeouts, 5xx, refused connections.
-
-    ``replies`` holds, per request of the failed batch, the reply if that request succeeded and
-    None otherwise, so a caller keeps the answers it did get.
-    """
-
-    def __init__(self, message: str, replies: Sequence[LLMReply | None] = ()) -> None:
-        super().__init__(message)
-        self.replies = list(replies)
-
-
-class LLMCancelled(LLMError):
-    """The caller's ``cancel`` event was set: the backend stopped after the request in progress
-    instead of waiting out a retry or asking the rest (``replies``: what arrived before). Not a
-    fault of the backend."""
-
-
-class LLMConfigError(KudosError):
-    """The endpoints reject what is asked of them (an unknown model name, a wrong URL path): a
-    misconfiguration to fix, not a fault to retry."""
-
-
-class LLMBackend(Protocol):
-    """What the annotator talks to. ``model_id`` goes into label-store keys."""
-
-    model_id: str
-
-    def generate(self, requests: Sequence[LLMRequest], cancel: threading.Event | None = None) -> list[LLMReply]:
-        """Blocking and batched; raises :class:`LLMError` when the backend cannot answer, and
-        :class:`LLMCancelled` soon after ``cancel`` is set (a caller that is shutting down)."""
-        ...
-
-    def close(self) -> None: ...
 
 
 @dataclass
@@ -104,10 +49,16 @@ class HTTPConfig:
     connect_timeout_s: float = 2.0
     top_logprobs: int = 10  # alternatives asked for at the answer token
     max_attempts: int = 4  # per request, over all endpoints
-    backoff_s: float = 0.5  # wait after the first failure; doubles per further failure
+    backoff_s: float = 0.5  # wait after the first failure; doubles per further failure (equal jitter: 50-100 %)
     max_backoff_s: float = 8.0
     health_timeout_s: float = 2.0
-    concurrency: int = 2  # requests in flight per endpoint
+    # Requests in flight per endpoint, on average: the pool runs the endpoints' sum at once and one
+    # endpoint takes at most twice its share. 2 suits llama.cpp's server (one slot: more only queue
+    # there); vLLM batches whatever is in flight, so an endpoint that says it is vLLM (owned_by
+    # "vllm" in GET /models, when make_backend builds the pool) gets vllm_concurrency.
+    concurrency: int = 2
+    vllm_concurrency: int = 32
+    latency_smoothing: float = 0.2  # weight of the newest reply in an endpoint's latency average
     # When every request has been rejected (HTTP 4xx other than 408/429) for this long, with no
     # reply in between, generate() raises LLMConfigError instead of retrying forever.
     client_error_limit_s: float = 60.0
@@ -122,35 +73,6 @@ class EndpointFault(Exception):
         self.retryable = retryable
 
 
-def logsumexp(values: Sequence[float]) -> float:
-    """log(sum(exp(v))), stable for very negative or large values."""
-    top = max(values)
-    return top + math.log(sum(math.exp(v - top) for v in values))
-
-
-def sigmoid(x: float) -> float:
-    """1 / (1 + exp(-x)), without overflow for large |x|."""
-    return 0.5 * (1.0 + math.tanh(0.5 * x))
-
-
-def p_from_top_logprobs(top: dict[str, float], answers: tuple[str, str]) -> float | None:
-    """P(answers[1]) / (P(answers[0]) + P(answers[1])) from a first token's top log-probabilities.
-
-    Tokens match an answer after stripping whitespace. An answer absent from the top list gets
-    the lowest listed log-probability, an upper bound of its own; None if both are absent.
-    """
-    mass: list[list[float]] = [[], []]
-    for token, logprob in top.items():
-        for i, answer in enumerate(answers):
-            if token.strip() == answer:
-                mass[i].append(logprob)
-    if not mass[0] and not mass[1]:
-        return None
-    floor = min(top.values())
-    lp = [logsumexp(m) if m else floor for m in mass]
-    return sigmoid(lp[1] - lp[0])
-
-
 class OpenAIBackend:
     """One OpenAI-compatible endpoint, ``base_url`` like ``http://127.0.0.1:8080/v1``.
 
@@ -159,12 +81,15 @@ class OpenAIBackend:
     ``model_id`` of the labels (``kudos llm serve`` serves the embedded model under its own id).
     """
 
-    def __init__(self, base_url: str, model: str, config: HTTPConfig | None = None) -> None:
+    def __init__(
+        self, base_url: str, model: str, config: HTTPConfig | None = None, concurrency: int | None = None
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.model_id = model
         self.config = config or HTTPConfig()
+        self.concurrency = concurrency or self.config.concurrency  # requests in flight, on average
         timeout = httpx.Timeout(self.config.timeout_s, connect=self.config.connect_timeout_s)
-        limits = httpx.Limits(max_connections=self.config.concurrency * 2)
+        limits = httpx.Limits(max_connections=self.concurrency * 2)  # the pool's per-endpoint cap
         self._client = httpx.Client(timeout=timeout, limits=limits)
 
     def complete(self, request: LLMRequest) -> LLMReply:
@@ -252,18 +177,24 @@ class OpenAIBackend:
 @dataclass
 class _Endpoint:
     backend: OpenAIBackend
+    backoff: Backoff  # counts consecutive failures; spaces the health checks of a down endpoint
     up: bool = True
     in_flight: int = 0
-    failures: int = 0  # consecutive
+    latency_s: float | None = None  # moving average of its replies' latency; None: unmeasured since up
     retry_at: float = 0.0  # time.monotonic() when a down endpoint gets its next health check
 
 
 class EndpointPool:
     """Several OpenAI-compatible endpoints serving the same model, as one :class:`LLMBackend`.
 
-    Each request goes to the healthy endpoint with the fewest requests in flight (round-robin on
-    ties). A fault marks the endpoint down; it gets no traffic until a health check
-    (``GET /models``) passes, tried after an exponential backoff. A failed request is retried,
+    Each request goes to the healthy endpoint where it would be answered soonest by the
+    measurements so far: the least ``(in_flight + 1) * latency``, with ``latency`` the endpoint's
+    moving average (``config.latency_smoothing``) of reply latencies, the average of the others
+    while it has none (so at first: the fewest in flight, round-robin on ties). A faster endpoint
+    thus gets more of the requests, up to twice its ``concurrency`` in flight; a slower one
+    gets requests while the faster one's queue is that many times longer. A fault marks the
+    endpoint down; it gets no traffic until a health check
+    (``GET /models``) passes, tried after a jittered exponential backoff. A failed request is retried,
     on another endpoint where there is one, up to ``config.max_attempts`` times.
 
     ``stats`` counts: requests, replies, empty_replies, retries, timeouts, connection_errors,
@@ -278,13 +209,14 @@ class EndpointPool:
             raise KudosError(f"all endpoints of a pool must serve one model id, got {sorted(models)}")
         self.model_id = endpoints[0].model_id
         self.config = config or endpoints[0].config
-        self._endpoints = [_Endpoint(e) for e in endpoints]
+        self._rng = random.Random()  # backoff jitter, shared by every retry loop of the pool
+        self._endpoints = [_Endpoint(e, self._new_backoff()) for e in endpoints]
         self._round_robin = itertools.count()
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
         self._rejecting_since: float | None = None  # first 4xx since the last reply (monotonic s)
         self._executor = ThreadPoolExecutor(
-            max_workers=self.config.concurrency * len(endpoints), thread_name_prefix="llm-pool"
+            max_workers=sum(e.concurrency for e in endpoints), thread_name_prefix="llm-pool"
         )
 
     @property
@@ -330,9 +262,10 @@ class EndpointPool:
             return EndpointFault("cancelled", "cancelled before it was sent")
         self._count("requests")
         fault = EndpointFault("connection_errors", "no endpoint was reachable")
+        retry = self._new_backoff()
         for attempt in range(self.config.max_attempts):
             if attempt:
-                if cancel.wait(self._backoff(attempt)):
+                if retry.wait(cancel):
                     return EndpointFault("cancelled", f"cancelled after {attempt} attempts ({fault})")
                 self._count("retries")
             endpoint = self._acquire(cancel)
@@ -348,7 +281,7 @@ class EndpointPool:
                 if not e.retryable:
                     break
                 continue
-            self._release(endpoint, ok=True)
+            self._release(endpoint, ok=True, latency_s=reply.latency_s)
             self._count("replies")
             if not reply.text:
                 self._count("empty_replies")
@@ -356,8 +289,8 @@ class EndpointPool:
         self._count("failed_requests")
         return fault
 
-    def _backoff(self, attempt: int) -> float:
-        return min(self.config.max_backoff_s, self.config.backoff_s * 2 ** (attempt - 1))
+    def _new_backoff(self) -> Backoff:
+        return Backoff(self.config.backoff_s, self.config.max_backoff_s, rng=self._rng)
 
     def _acquire(self, cancel: threading.Event) -> _Endpoint | None:
         """The least-loaded healthy endpoint, counted as busy until :meth:`_release`.
@@ -377,8 +310,7 @@ class EndpointPool:
             with self._lock:
                 up = [e for e in self._endpoints if e.up]
                 if up:
-                    turn, n = next(self._round_robin), len(self._endpoints)
-                    chosen = min(up, key=lambda e: (e.in_flight, (self._endpoints.index(e) - turn) % n))
+                    chosen = self._soonest(up)
                     chosen.in_flight += 1
                     return chosen
                 pending = [e.retry_at for e in self._endpoints if e.retry_at < math.inf]
@@ -388,53 +320,92 @@ class EndpointPool:
                     return None
         return None
 
+    def _soonest(self, up: list[_Endpoint]) -> _Endpoint:
+        """The endpoint of ``up`` expected to answer a new request soonest; caller holds the lock."""
+        measured = [e.latency_s for e in up if e.latency_s is not None]
+        typical = sum(measured) / len(measured) if measured else 1.0
+        open_ = [e for e in up if e.in_flight < 2 * e.backend.concurrency] or up
+        turn, n = next(self._round_robin), len(self._endpoints)
+
+        def expected_wait(e: _Endpoint) -> tuple[float, int]:
+            latency = typical if e.latency_s is None else e.latency_s
+            return (e.in_flight + 1) * latency, (self._endpoints.index(e) - turn) % n
+
+        return min(open_, key=expected_wait)
+
     def _health_check(self, endpoint: _Endpoint) -> None:
         ok = endpoint.backend.healthy()
         with self._lock:
             self._counts["health_checks"] += 1
             if ok:
-                endpoint.up, endpoint.failures = True, 0
+                endpoint.up, endpoint.latency_s = True, None  # measured afresh
+                endpoint.backoff.reset()
                 log.info("LLM endpoint %s is healthy again", endpoint.backend.base_url)
             else:
                 self._counts["health_failures"] += 1
-                endpoint.failures += 1
-                endpoint.retry_at = time.monotonic() + self._backoff(endpoint.failures)
+                endpoint.retry_at = time.monotonic() + endpoint.backoff.next()
 
-    def _release(self, endpoint: _Endpoint, ok: bool, rejected: bool = False) -> None:
+    def _release(self, endpoint: _Endpoint, ok: bool, rejected: bool = False, latency_s: float = 0.0) -> None:
         """``rejected``: the request was refused as malformed (HTTP 4xx): the clock of
-        ``client_error_limit_s`` starts at the first such refusal after the last reply."""
+        ``client_error_limit_s`` starts at the first such refusal after the last reply.
+        ``latency_s``: of the reply, when ``ok``."""
         with self._lock:
             endpoint.in_flight -= 1
             if rejected and self._rejecting_since is None:
                 self._rejecting_since = time.monotonic()
             if ok:
                 self._rejecting_since = None
-                endpoint.failures = 0
+                endpoint.backoff.reset()
+                average = endpoint.latency_s
+                weight = self.config.latency_smoothing
+                endpoint.latency_s = latency_s if average is None else average + weight * (latency_s - average)
             else:
                 if endpoint.up:
                     self._counts["endpoint_down"] += 1
                 endpoint.up = False
-                endpoint.failures += 1
-                endpoint.retry_at = time.monotonic() + self._backoff(endpoint.failures)
+                endpoint.retry_at = time.monotonic() + endpoint.backoff.next()
 
 
-def served_model(urls: Sequence[str], model: str | None = None, config: HTTPConfig | None = None) -> str:
-    """The model id to send and to key labels by, checked against each endpoint's ``GET /models``.
+def list_models(urls: Sequence[str], config: HTTPConfig | None = None) -> dict[str, list[dict[str, Any]]]:
+    """What each endpoint lists at ``GET /models`` (the ``data`` entries, each with an ``id``);
+    endpoints that do not answer are left out (with a warning)."""
+    timeout = (config or HTTPConfig()).health_timeout_s
+    listed: dict[str, list[dict[str, Any]]] = {}
+    for url in urls:
+        try:
+            reply = httpx.get(url.rstrip("/") + "/models", timeout=timeout)
+            reply.raise_for_status()
+            entries = [dict(m) for m in reply.json()["data"]]
+            for entry in entries:
+                entry["id"] = str(entry["id"])
+            listed[url] = entries
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            log.warning("cannot list the models of %s (%s)", url, type(exc).__name__)
+    return listed
+
+
+def endpoint_concurrency(models: Sequence[dict[str, Any]], config: HTTPConfig) -> int:
+    """Requests in flight for an endpoint listing ``models``: ``config.vllm_concurrency`` if it
+    says it is vLLM, else ``config.concurrency``."""
+    return config.vllm_concurrency if any(m.get("owned_by") == "vllm" for m in models) else config.concurrency
+
+
+def served_model(
+    urls: Sequence[str],
+    model: str | None = None,
+    config: HTTPConfig | None = None,
+    listed: dict[str, list[dict[str, Any]]] | None = None,
+) -> str:
+    """The model id to send and to key labels by, checked against each endpoint's ``GET /models``
+    (``listed``: :func:`list_models`' answer, when the caller has it).
 
     ``model`` None: the one model the reachable endpoints serve. A named model must be among the
     served ones where an endpoint answers; endpoints that do not answer are skipped (a server that
     is down is a fault, retried later), but with ``model`` None at least one must answer.
     Raises :class:`LLMConfigError` in one line otherwise.
     """
-    timeout = (config or HTTPConfig()).health_timeout_s
-    served: dict[str, list[str]] = {}
-    for url in urls:
-        try:
-            reply = httpx.get(url.rstrip("/") + "/models", timeout=timeout)
-            reply.raise_for_status()
-            served[url] = [str(m["id"]) for m in reply.json()["data"]]
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-            log.warning("cannot list the models of %s (%s)", url, type(exc).__name__)
+    listed = list_models(urls, config) if listed is None else listed
+    served = {url: [m["id"] for m in entries] for url, entries in listed.items()}
     if model is not None:
         for url, ids in served.items():
             if model not in ids:
@@ -449,31 +420,3 @@ def served_model(urls: Sequence[str], model: str | None = None, config: HTTPConf
         raise LLMConfigError(f"the endpoints serve {len(ids)} models ({', '.join(ids) or 'none'}): choose one "
                              "with --llm-model")
     return ids[0]
-
-
-def make_backend(
-    spec: str | None,
-    *,
-    threads: int | None = None,
-    model: str | None = None,
-    config: HTTPConfig | None = None,
-) -> LLMBackend:
-    """Build a backend from a spec string.
-
-    - None or ``"embedded"``: :class:`~kudos.feedback.embedded.EmbeddedLLM` with ``threads``
-      llama.cpp threads (default 1, for sharing the cores with a trainer); ``model`` must be None.
-    - ``"http://host:port/v1[,http://host2:port/v1...]"``: an :class:`EndpointPool`; ``model`` is the
-      served model's name (default: the one model the endpoints serve, see :func:`served_model`).
-    """
-    if spec is None or spec == "embedded":
-        if model is not None:
-            raise KudosError(f"a model name ({model!r}) applies to HTTP endpoints; the embedded backend has one model")
-        from kudos.feedback.embedded import EmbeddedLLM
-
-        return EmbeddedLLM(threads=threads or 1)
-    urls = [u.strip() for u in spec.split(",") if u.strip()]
-    if not urls or not all(u.startswith(("http://", "https://")) for u in urls):
-        raise KudosError(f"unknown LLM backend {spec!r}: use 'embedded' or 'http://host:port/v1[,http://...]'")
-    config = config or HTTPConfig()
-    model_id = served_model(urls, model, config)
-    return EndpointPool([OpenAIBackend(u, model_id, config) for u in urls], config)
