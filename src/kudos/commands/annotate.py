@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from kudos.backoff import Backoff
 from kudos.errors import KudosError
 from kudos.feedback.backend import LLMBackend
 from kudos.feedback.endpoints import HTTPConfig
@@ -133,7 +134,7 @@ def annotate_items(
 ) -> AnnotateSummary:
     """Label the distinct ``items`` not yet in ``store``, batch by batch, with a progress bar.
 
-    A batch hit by a server fault is retried (waiting ``backoff_s``, doubling) up to
+    A batch hit by a server fault is retried (waiting about ``backoff_s``, doubling, jittered) up to
     ``max_failures`` times in a row; then a KudosError says to rerun later. Ctrl-C stops after
     the batch in flight is stored (``summary.interrupted``).
     """
@@ -151,7 +152,7 @@ def annotate_items(
                 if stop.is_set():
                     summary.interrupted = True
                     break
-                batch, failures = todo[i : i + batch_size], 0
+                batch, retry = todo[i : i + batch_size], Backoff(backoff_s, backoff_s * 2 ** max_failures)
                 while batch:
                     outcome = labeler.label(batch)
                     store.put_many(outcome.records)
@@ -161,14 +162,14 @@ def annotate_items(
                     progress.advance(bar, len(own))
                     batch = outcome.failed
                     if outcome.error is not None:
-                        failures += 1
-                        if failures >= max_failures:
+                        if retry.failures + 1 >= max_failures:
                             raise KudosError(
-                                f"the LLM failed {failures} times in a row ({outcome.error}); {summary.labelled} "
+                                f"the LLM failed {max_failures} times in a row ({outcome.error}); {summary.labelled} "
                                 "labels were stored: rerun the same command to resume"
                             )
                         log.warning("LLM fault (%s); retrying %d items", outcome.error, len(batch))
-                        time.sleep(backoff_s * 2 ** (failures - 1))
+                        if retry.wait(stop):  # Ctrl-C during the wait: stop now, nothing is in flight
+                            break
         except KeyboardInterrupt:
             summary.interrupted = True
     stats = labeler.stats
