@@ -298,7 +298,7 @@ def test_expired_claims_are_free_and_renewal_keeps_them(store: LabelStore) -> No
         # "dead" renewed nothing: its claims lapsed; "alive"'s heartbeat kept z.
         assert store.claim_many("p1", "m1", ["x", "y", "z"], "other") == ["x", "y"]
     finally:
-        beat.stop()
+        beat.close()
     assert beat.failures == 0
 
 

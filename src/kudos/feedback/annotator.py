@@ -271,7 +271,7 @@ class Annotator:
             self._thread = None
         self._write([])  # a last try for records a store fault held back
         if self._heartbeat is not None:
-            self._heartbeat.stop()
+            self._heartbeat.close()
             self._heartbeat = None
             try:  # free what this run claimed and will not ask now (expiry would free it too)
                 self.store.release_claims(self._owner)

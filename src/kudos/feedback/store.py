@@ -354,7 +354,7 @@ _SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
 
 
 class ClaimHeartbeat:
-    """Renews ``owner``'s claims every ``lease_s / 3`` seconds in a daemon thread until ``stop()``,
+    """Renews ``owner``'s claims every ``lease_s / 3`` seconds in a daemon thread until ``close()``,
     so a live owner keeps its claims through slow LLM calls and a dead one loses them after the lease.
     Renewal failures are logged and counted in ``failures`` (the claims then expire: at worst an item
     is asked twice), never raised into the caller."""
@@ -374,7 +374,8 @@ class ClaimHeartbeat:
                 self.failures += 1
                 log.warning("cannot renew label claims of %s: %s", self.owner, exc)
 
-    def stop(self) -> None:
+    def close(self) -> None:
+        """Stop renewing (idempotent); the claims then lapse unless released."""
         self._stop.set()
         self._thread.join()
 
