@@ -14,7 +14,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -115,3 +115,34 @@ class RewardModel(ABC):
     @abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
+
+
+@runtime_checkable
+class TrainsBySteps(Protocol):
+    """What the online reward-model trainer (:mod:`kudos.rewards.trainer`) needs from a model that
+    learns by gradient steps (:class:`~kudos.rewards.learned.LearnedRewardModel`: classifier and
+    ranker). A model without it (retrieval) is simply :meth:`RewardModel.fit` on each read."""
+
+    frozen: bool  # offline Motif: scores, never trains
+    steps: int  # gradient steps taken so far
+    version: int  # weight publications so far (what scoring uses)
+
+    def add_labels(self, labels: Iterable[Label]) -> int:
+        """Keep ``labels`` for training (and validation); returns how many are new."""
+        ...
+
+    def labels_held(self, split: Literal["all", "train"] = "all") -> int:
+        """Labels kept: all of them, or those in the training split."""
+        ...
+
+    def train_step(self) -> float:
+        """One gradient step; returns the loss."""
+        ...
+
+    def publish(self) -> None:
+        """Hand the current weights to scoring."""
+        ...
+
+    def accuracy(self, split: Literal["train", "validation"], limit: int = 4096) -> float | None:
+        """Accuracy on the newest ``limit`` labels of ``split``; None without any."""
+        ...

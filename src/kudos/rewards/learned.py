@@ -216,6 +216,10 @@ class LearnedRewardModel(RewardModel):
         self._check_not_frozen()
         return self.dataset.add(labels)
 
+    def labels_held(self, split: Literal["all", "train"] = "all") -> int:
+        """Labels kept: all of them, or those in the training split."""
+        return len(self.dataset) if split == "all" else len(self.dataset.split()[0])
+
     def train_step(self) -> float:
         """One gradient step on a batch of training labels; returns the loss."""
         self._check_not_frozen()
@@ -247,7 +251,7 @@ class LearnedRewardModel(RewardModel):
     def fit(self, labels: Iterable[Label], steps: int | None = None) -> None:
         """Add ``labels``, take ``steps`` gradient steps (default ``config.fit_steps``), publish."""
         self.add_labels(labels)
-        if not len(self.dataset.split()[0]):
+        if not self.labels_held("train"):
             raise KudosError("no training labels: every label fell in the validation split; pass more labels")
         for _ in range(self.config.fit_steps if steps is None else steps):
             self.train_step()

@@ -31,8 +31,8 @@ import torch
 
 from kudos.errors import ConfigError
 from kudos.fsutil import atomic_write
-from kudos.rewards.base import RewardModel
-from kudos.rewards.learned import FrozenModelError, LearnedRewardModel
+from kudos.rewards.base import RewardModel, TrainsBySteps
+from kudos.rewards.learned import FrozenModelError
 from kudos.rewards.sources import LabelRecords, LabelSource, StoreLabelSource
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,9 @@ class OnlineRewardTrainer:
     def __init__(self, model: RewardModel, source: LabelSource, config: TrainerConfig | None = None) -> None:
         if model.learns_from is None:
             raise ConfigError(f"{type(model).__name__} does not learn from labels; there is nothing to train")
-        if isinstance(model, LearnedRewardModel) and model.frozen:
+        #: The model's gradient-step side; None for a model fitted at once on each read (retrieval).
+        self.stepped: TrainsBySteps | None = model if isinstance(model, TrainsBySteps) else None
+        if self.stepped is not None and self.stepped.frozen:
             raise FrozenModelError(
                 f"this {type(model).__name__} is frozen (offline Motif); it cannot be trained online"
             )
@@ -142,8 +144,8 @@ class OnlineRewardTrainer:
             log.warning("reward-model trainer did not stop within %.0f s", timeout)
             return
         self._thread = None
-        if isinstance(self.model, LearnedRewardModel) and self.model.steps:
-            self.model.publish()
+        if self.stepped is not None and self.stepped.steps:
+            self.stepped.publish()
         if self.config.checkpoint_path:
             self.checkpoint(self.config.checkpoint_path)
 
@@ -172,8 +174,8 @@ class OnlineRewardTrainer:
         while True:
             labels, cursor = self.source.read(self.cursor, self.config.read_limit)
             if labels:
-                if isinstance(self.model, LearnedRewardModel):
-                    self.model.add_labels(labels)
+                if self.stepped is not None:
+                    self.stepped.add_labels(labels)
                 else:
                     self.model.fit(labels)
             total += len(labels)
@@ -188,8 +190,8 @@ class OnlineRewardTrainer:
     def step(self) -> bool:
         """One training step if the model has enough labels; publishes and evaluates on schedule.
         Returns whether a step was taken."""
-        model = self.model
-        if not isinstance(model, LearnedRewardModel) or len(model.dataset.split()[0]) < self.config.min_labels:
+        model = self.stepped
+        if model is None or model.labels_held("train") < self.config.min_labels:
             return False
         loss = model.train_step()
         cfg = self.config
@@ -206,7 +208,7 @@ class OnlineRewardTrainer:
         if report:
             log.info(
                 "reward model step %d: loss %.4f, train accuracy %s, validation accuracy %s (%d labels)",
-                model.steps, loss, _percent(train_acc), _percent(val_acc), len(model.dataset),
+                model.steps, loss, _percent(train_acc), _percent(val_acc), model.labels_held(),
             )
         return True
 
@@ -223,7 +225,7 @@ class OnlineRewardTrainer:
                             self._next_step = min(self._next_step, now)
                     if now >= self._next_step:
                         if self.step():
-                            held = len(self.model.dataset) if isinstance(self.model, LearnedRewardModel) else 0
+                            held = self.stepped.labels_held() if self.stepped is not None else 0
                             rate = cfg.warmup_steps_per_s if held < cfg.warmup_labels else cfg.steady_steps_per_s
                             self._next_step = now + 1.0 / rate
                         else:
