@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from kudos.config import load_config
 from kudos.eval.episodes import RandomPolicy, run_episodes
 from kudos.eval.report import build_report
+from kudos.experiment import load_config
 from kudos.feedback.store import LabelRecord, open_store
 from kudos.rewards.online import scoring_model
 from kudos.rl.checkpoint import save_checkpoint

@@ -1,7 +1,7 @@
 import pytest
 
-from kudos.config import EnvConfig, KudosConfig, load_config
 from kudos.errors import ConfigError
+from kudos.experiment import EnvConfig, KudosConfig, load_config
 
 
 def test_a_saved_config_loads_back_equal(tmp_path):

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from kudos.cli import main
-from kudos.config import load_config
 from kudos.eval.episodes import evaluate_run
+from kudos.experiment import load_config
 from kudos.rl.checkpoint import CheckpointError
 from kudos.rl.runner import Trainer, save_config
 

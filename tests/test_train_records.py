@@ -8,9 +8,9 @@ import yaml
 
 import numpy as np
 
-from kudos.config import load_config
 from kudos.envs import EndStatus, make_env
 from kudos.eval.scalars import read_scalars
+from kudos.experiment import load_config
 from kudos.rl.runner import Trainer, record_revision
 
 

@@ -21,9 +21,11 @@ from typing import Any
 import numpy as np
 import yaml
 
+from kudos.config import canonical_key
 from kudos.errors import KudosError
 from kudos.eval.plots import panel_chart
 from kudos.eval.scalars import read_scalars
+from kudos.experiment import ALIASES
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +138,9 @@ def load_run(path: str | Path) -> Run:
                 seconds = float(gaps[gaps < _MAX_LOG_GAP_S].sum())
                 rate = float(series.values[-1]) / seconds if seconds > 0 else 0.0
                 annotator["labels_per_s"] = annotator.get("labels_per_s", 0.0) + rate
-    return Run(path, _flatten(config), curves, annotator)
+    # Runs written before a key moved compare under its new name.
+    flat = {canonical_key(key, ALIASES): value for key, value in _flatten(config).items()}
+    return Run(path, flat, curves, annotator)
 
 
 def group_runs(runs: list[Run]) -> list[Group]:

@@ -242,7 +242,7 @@ def evaluate_run(
     Raises:
         CheckpointError: no checkpoint, or a corrupt one, in ``run_dir``.
     """
-    from kudos.config import load_config
+    from kudos.experiment import load_config
     from kudos.envs import get_task
     from kudos.errors import KudosError
     from kudos.rl.checkpoint import CheckpointError, load_checkpoint

@@ -21,7 +21,7 @@ Differences from kudos's own trainer, on purpose: RLlib resets an env on the ste
 ends, so the policy sees each terminal observation (kudos's vector resets within the step); the
 GRU state is reset by RLlib at episode starts (sequences never cross episodes), and
 backpropagates through ``max_seq_len = appo.recurrence`` steps. Not supported here:
-``reward.episode_cap`` (RLlib hands the learner episode fragments in any order) and the ``cosine``
+``reward.shaping.episode_cap`` (RLlib hands the learner episode fragments in any order) and the ``cosine``
 reward (its sentence encoder does not travel as a snapshot).
 """
 
@@ -47,13 +47,14 @@ from ray.rllib.core.rl_module.apis import TARGET_NETWORK_ACTION_DIST_INPUTS, Tar
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.core.rl_module.torch import TorchRLModule
 
-from kudos.config import KudosConfig
 from kudos.envs import get_task, make_env
 from kudos.errors import ConfigError
+from kudos.experiment import KudosConfig
+from kudos.feedback.config import LLMConfig
 from kudos.rewards.base import RewardModel
 from kudos.rewards.ensemble import EnsembleReward
 from kudos.rewards.learned import LearnedRewardModel
-from kudos.rewards.online import IntrinsicReward, LLMConfig, RewardConfig
+from kudos.rewards.online import IntrinsicReward, RewardConfig
 from kudos.rewards.retrieval import RetrievalReward
 from kudos.rewards.shaping import RewardShaper, ShapingConfig
 from kudos.rewards.trainer import TrainerConfig
@@ -259,8 +260,8 @@ class IntrinsicRewardConnector(ConnectorV2):
     background and used from the batch after it arrived.
 
     Args:
-        shaping: the run's shaping coefficients (``reward.shaping(task coefficient)``).
-        skip_empty_caption: ``""`` earns 0 (``reward.skip_empty_caption``; ONI scores it).
+        shaping: the run's shaping coefficients (``reward.shaping_for(task coefficient)``).
+        skip_empty_caption: ``""`` earns 0 (``llm.annotator.skip_empty``; ONI scores it).
         scorer: the reward model to start with (the service's first snapshot); None scores 0
             until one arrives (and is what ``reward.type=none`` uses).
     """
@@ -270,7 +271,7 @@ class IntrinsicRewardConnector(ConnectorV2):
                  **kwargs: Any) -> None:
         super().__init__(input_observation_space, input_action_space, **kwargs)
         if shaping.episode_cap is not None:
-            raise ConfigError("reward.episode_cap is not supported by the rllib engine; leave it unset")
+            raise ConfigError("reward.shaping.episode_cap is not supported by the rllib engine; leave it unset")
         self.shaper = RewardShaper(shaping, num_envs=1)
         self.skip_empty_caption = skip_empty_caption
         self.scorer = scorer
@@ -446,9 +447,9 @@ def appo_config(config: KudosConfig, num_env_runners: int = 2, envs_per_runner: 
     the reward-model trainer in the service.
     """
     task = get_task(config.env.task)
-    shaping = config.reward.shaping(task.extrinsic_coef)
+    shaping = config.reward.shaping_for(task.extrinsic_coef)
     if shaping.episode_cap is not None:
-        raise ConfigError("reward.episode_cap is not supported by the rllib engine; leave it unset")
+        raise ConfigError("reward.shaping.episode_cap is not supported by the rllib engine; leave it unset")
     if "cosine" in config.reward.kinds:
         # Its sentence encoder holds a lock and the MiniLM model: it cannot be shipped as a snapshot.
         raise ConfigError("the cosine reward (alone or in an ensemble) is not supported by the rllib engine yet")
@@ -464,7 +465,7 @@ def appo_config(config: KudosConfig, num_env_runners: int = 2, envs_per_runner: 
                      rollout_fragment_length=appo.rollout)
         .learners(num_learners=0, num_aggregator_actors_per_learner=0,
                   learner_connector=lambda obs_space, act_space: IntrinsicRewardConnector(
-                      shaping=shaping, skip_empty_caption=config.reward.skip_empty_caption),
+                      shaping=shaping, skip_empty_caption=config.llm.annotator.skip_empty),
                   learner_config_dict={SETTINGS_KEY: settings})
         .rl_module(rl_module_spec=RLModuleSpec(
             module_class=NetHackRLModule, model_config={"policy": config.run.policy, "max_seq_len": appo.recurrence},

@@ -102,7 +102,7 @@ def _table(progress: Any, figures: dict[str, float], total: int) -> Table:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from kudos.config import load_config
+    from kudos.experiment import load_config
     from kudos.rl.runner import Trainer, resume_config
     from kudos.rl.runstats import warning_lines
 

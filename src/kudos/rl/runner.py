@@ -34,16 +34,16 @@ import torch
 import yaml
 
 from kudos import STARTUP_LOG
-from kudos.config import KudosConfig, load_config
 from kudos.envs import get_task
 from kudos.errors import ConfigError
+from kudos.experiment import KudosConfig, load_config
 from kudos.rewards.online import IntrinsicReward
 from kudos.rewards.shaping import RewardShaper
 from kudos.rl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from kudos.rl.learner import Learner
 from kudos.rl.policy import NetHackPolicy, get_policy_config
-from kudos.rl.sampler import SampleBatch, Sampler, SamplerConfig, resolve_device
 from kudos.rl.runstats import RunStats
+from kudos.rl.sampler import SampleBatch, Sampler, SamplerConfig, resolve_device
 
 log = logging.getLogger(__name__)
 startup = logging.getLogger(STARTUP_LOG)
@@ -162,7 +162,7 @@ class Trainer:
         policy_config = get_policy_config(config.run.policy)
         self.policy = NetHackPolicy(policy_config, self.task.num_actions).to(self.device)
         self.learner = Learner(self.policy, config.appo)
-        self.shaper = RewardShaper(config.reward.shaping(self.task.extrinsic_coef), config.env.num_envs)
+        self.shaper = RewardShaper(config.reward.shaping_for(self.task.extrinsic_coef), config.env.num_envs)
         self.reward: IntrinsicReward | None = None
         if config.reward.type != "none":
             self.reward = IntrinsicReward(config.reward, config.llm, self.task.goal)

@@ -1,0 +1,82 @@
+"""The experiment: the whole configuration tree of a training run, shared by both engines.
+
+:class:`KudosConfig` gathers every component's section (``env``, ``reward``, ``llm``, ``appo``,
+``policy``, ``run``, ``diagnostics``); the native runner (:mod:`kudos.rl.runner`) and the RLlib
+engine (:mod:`kudos.integrations.rllib`) both build from it. It sits above the components it
+gathers, so :mod:`kudos.config` (the YAML/override machinery) stays a leaf. :data:`ALIASES` keeps
+``config.yaml`` files and ``--set`` overrides written before a key moved loading.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from kudos import config as _config
+from kudos.feedback.config import LLMConfig
+from kudos.rewards.online import RewardConfig
+from kudos.rl.appo import APPOConfig
+from kudos.rl.runstats import DiagnosticsConfig
+
+
+@dataclass
+class EnvConfig:
+    """The NetHack task and how many copies of it are stepped in parallel."""
+
+    task: str = "Score"
+    num_envs: int = 16  # B: envs stepped per batch
+    num_workers: int = 2  # env worker processes
+    seed: int = 0
+    max_episode_steps: int | None = None  # None: the task's default
+    macros: Literal["oni", "kudos"] = "oni"  # prompt macros: "oni" (ONI's) or "kudos" (--More-- chains joined, item prompts answered)
+
+
+@dataclass
+class RunConfig:
+    """Length, outputs and bookkeeping of a training run."""
+
+    steps: int = 100_000  # env steps to train on (all envs together)
+    output_dir: str = "runs/latest"
+    policy: str = "small"  # policy network preset (see kudos.rl.policy.POLICY_PRESETS)
+    checkpoint_every_s: float = 300.0
+    log_every_s: float = 2.0  # console and TensorBoard cadence
+    torch_threads: int = 1  # intra-op threads of the learner (the envs and the LLM need the rest)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # the learner's: "auto" (cuda when a GPU is visible), "cpu" or "cuda"
+    inference: Literal["worker", "policy-worker"] = "worker"  # who acts: "worker" (each rollout worker) or "policy-worker" (one, on the device)
+    # Recorded by `kudos train` when it starts, not options: the kudos source commit ("unknown"
+    # outside a git checkout; "A+B" for a run resumed on another commit) and uncommitted changes.
+    commit: str = ""
+    dirty: bool | None = None
+
+
+
+
+@dataclass
+class KudosConfig:
+    """Root of the configuration tree: ``env``, ``reward``, ``llm``, ``appo``, ``run`` and ``diagnostics``."""
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    appo: APPOConfig = field(default_factory=APPOConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+
+
+#: Keys that moved: old dotted path -> new. Old ``config.yaml`` files (``--resume``) and ``--set``
+#: overrides keep working, with one deprecation warning line each.
+ALIASES: dict[str, str] = {
+    **{f"reward.{key}": f"reward.shaping.{key}"
+       for key in ("c_ext", "ext_scale", "ext_clip", "c_int", "beta", "episode_cap", "intrinsic")},
+    "reward.skip_empty_caption": "llm.annotator.skip_empty",
+    "reward.pair_sampling": "llm.annotator.pair_sampling",
+    "llm.batch_size": "llm.annotator.batch_size",
+    "llm.nice": "llm.annotator.nice",
+    "llm.client_error_limit_s": "llm.http.client_error_limit_s",
+}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> KudosConfig:
+    """The run's :class:`KudosConfig` from an optional YAML file and ``key.path=value`` overrides."""
+    return _config.load_config(KudosConfig, path, overrides, aliases=ALIASES)
