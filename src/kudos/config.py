@@ -20,7 +20,7 @@ import logging
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import yaml
 
@@ -141,12 +141,13 @@ def _renamed(keys: list[str], aliases: dict[str, str]) -> list[str]:
 
 def load_config(
     cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
-    aliases: dict[str, str] | None = None,
+    aliases: dict[str, str] | None = None, prepare: Callable[[dict[str, Any]], None] | None = None,
 ) -> T:
     """Build ``cls`` from an optional YAML file, then apply ``key.path=value`` overrides.
 
     ``aliases``: old dotted key -> new one, for keys that moved; the file's and the overrides'
-    old keys load as the new ones (each with one deprecation warning line).
+    old keys load as the new ones (each with one deprecation warning line). ``prepare``: edits
+    the raw tree (file and overrides merged) before it is built, e.g. to expand a preset.
     """
     aliases = aliases or {}
     data: dict[str, Any] = {}
@@ -175,17 +176,11 @@ def load_config(
                 raise ConfigError(f"override {text!r}: {key} is not a section")
             node = child
         node[keys[-1]] = value
+    if prepare is not None:
+        prepare(data)
     return _build(cls, data)
 
 
 def dump_config(config: Any) -> str:
-    """``config`` (a dataclass tree) as the YAML :func:`load_config` reads back (tuples as lists)."""
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, (tuple, list)):
-            return [plain(v) for v in value]
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        return value
-
-    return yaml.safe_dump(plain(dataclasses.asdict(config)), sort_keys=False)
+    """``config`` (a dataclass tree) as the YAML :func:`load_config` reads back."""
+    return yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)

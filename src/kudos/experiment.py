@@ -9,14 +9,16 @@ gathers, so :mod:`kudos.config` (the YAML/override machinery) stays a leaf. :dat
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from kudos import config as _config
 from kudos.feedback.config import LLMConfig
 from kudos.rewards.online import RewardConfig
 from kudos.rl.appo import APPOConfig
+from kudos.rl.policy import PolicyConfig, get_policy_config
 from kudos.rl.runstats import DiagnosticsConfig
 
 
@@ -38,7 +40,7 @@ class RunConfig:
 
     steps: int = 100_000  # env steps to train on (all envs together)
     output_dir: str = "runs/latest"
-    policy: str = "small"  # policy network preset (see kudos.rl.policy.POLICY_PRESETS)
+    policy: str = "small"  # the preset (kudos.rl.policy.POLICY_PRESETS) the `policy` section's sizes start from
     checkpoint_every_s: float = 300.0
     log_every_s: float = 2.0  # console and TensorBoard cadence
     torch_threads: int = 1  # intra-op threads of the learner (the envs and the LLM need the rest)
@@ -54,12 +56,15 @@ class RunConfig:
 
 @dataclass
 class KudosConfig:
-    """Root of the configuration tree: ``env``, ``reward``, ``llm``, ``appo``, ``run`` and ``diagnostics``."""
+    """Root of the configuration tree: ``env``, ``reward``, ``llm``, ``appo``, ``policy``, ``run``
+    and ``diagnostics``. ``policy``: the network's sizes, starting from the ``run.policy`` preset
+    (``--set run.policy=baseline policy.hidden_size=256``)."""
 
     env: EnvConfig = field(default_factory=EnvConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     appo: APPOConfig = field(default_factory=APPOConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     run: RunConfig = field(default_factory=RunConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
 
@@ -77,6 +82,17 @@ ALIASES: dict[str, str] = {
 }
 
 
+def _expand_policy_preset(data: dict[str, Any]) -> None:
+    """Fill the ``policy`` section from the ``run.policy`` preset; sizes given explicitly win (a
+    saved config.yaml holds them all, so it loads back the same)."""
+    run = data.get("run") if isinstance(data.get("run"), dict) else {}
+    policy = data.get("policy", {})
+    if not isinstance(policy, dict):
+        return  # _build names the key
+    preset = dataclasses.asdict(get_policy_config(str(run.get("policy", RunConfig.policy))))
+    data["policy"] = {**preset, **policy}
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> KudosConfig:
     """The run's :class:`KudosConfig` from an optional YAML file and ``key.path=value`` overrides."""
-    return _config.load_config(KudosConfig, path, overrides, aliases=ALIASES)
+    return _config.load_config(KudosConfig, path, overrides, aliases=ALIASES, prepare=_expand_policy_preset)

@@ -59,7 +59,7 @@ from kudos.rewards.retrieval import RetrievalReward
 from kudos.rewards.shaping import RewardShaper, ShapingConfig
 from kudos.rewards.trainer import TrainerConfig
 from kudos.rewards.wrapper import shaped_rewards
-from kudos.rl.policy import POLICY_OBSERVATION_KEYS, NetHackPolicy, get_policy_config
+from kudos.rl.policy import POLICY_OBSERVATION_KEYS, NetHackPolicy, PolicyConfig
 
 log = logging.getLogger(__name__)
 
@@ -106,14 +106,14 @@ class NetHackRLModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI):
     """kudos's :class:`NetHackPolicy` (encoders + GRU core, actor and critic heads) as a stateful
     Torch RLModule, with APPO's target network (a lagged copy of the whole policy).
 
-    ``model_config``: ``policy`` (a :data:`~kudos.rl.policy.POLICY_PRESETS` name, default
-    ``"small"``) and ``max_seq_len`` (steps per training sequence, RLlib's key). RLlib hands the
+    ``model_config``: ``policy`` (a :class:`~kudos.rl.policy.PolicyConfig`, the run's ``policy``
+    section; default the small sizes) and ``max_seq_len`` (steps per training sequence, RLlib's key). RLlib hands the
     module batches of shape ``(B, T, ...)`` with the GRU state ``{"h": (B, H)}`` before step 0;
     the policy runs time-major.
     """
 
     def setup(self) -> None:
-        self.policy = NetHackPolicy(get_policy_config(self.model_config.get("policy", "small")), self.action_space.n)
+        self.policy = NetHackPolicy(self.model_config.get("policy", PolicyConfig()), self.action_space.n)
 
     def get_initial_state(self) -> dict[str, np.ndarray]:
         return {"h": np.zeros(self.policy.hidden_size, dtype=np.float32)}
@@ -468,7 +468,7 @@ def appo_config(config: KudosConfig, num_env_runners: int = 2, envs_per_runner: 
                       shaping=shaping, skip_empty_caption=config.llm.annotator.skip_empty),
                   learner_config_dict={SETTINGS_KEY: settings})
         .rl_module(rl_module_spec=RLModuleSpec(
-            module_class=NetHackRLModule, model_config={"policy": config.run.policy, "max_seq_len": appo.recurrence},
+            module_class=NetHackRLModule, model_config={"policy": config.policy, "max_seq_len": appo.recurrence},
         ))
         .training(
             gamma=appo.gamma, lr=appo.learning_rate, grad_clip=appo.max_grad_norm or None,

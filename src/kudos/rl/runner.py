@@ -31,9 +31,9 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import yaml
 
 from kudos import STARTUP_LOG
+from kudos.config import dump_config
 from kudos.envs import get_task
 from kudos.errors import ConfigError
 from kudos.experiment import KudosConfig, load_config
@@ -41,7 +41,7 @@ from kudos.rewards.online import IntrinsicReward
 from kudos.rewards.shaping import RewardShaper
 from kudos.rl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from kudos.rl.learner import Learner
-from kudos.rl.policy import NetHackPolicy, get_policy_config
+from kudos.rl.policy import NetHackPolicy
 from kudos.rl.runstats import RunStats
 from kudos.rl.sampler import SampleBatch, Sampler, SamplerConfig, resolve_device
 
@@ -88,7 +88,7 @@ class Stats:
 
 def save_config(config: KudosConfig, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / CONFIG_NAME).write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+    (directory / CONFIG_NAME).write_text(dump_config(config))
 
 
 def source_revision() -> tuple[str, bool | None]:
@@ -159,7 +159,7 @@ class Trainer:
         np.random.seed(config.env.seed)
 
         self.device = resolve_device(config.run.device)
-        policy_config = get_policy_config(config.run.policy)
+        policy_config = config.policy
         self.policy = NetHackPolicy(policy_config, self.task.num_actions).to(self.device)
         self.learner = Learner(self.policy, config.appo)
         self.shaper = RewardShaper(config.reward.shaping_for(self.task.extrinsic_coef), config.env.num_envs)
