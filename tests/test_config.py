@@ -6,7 +6,9 @@ import typing
 from typing import Any, Iterator
 
 import pytest
+import yaml
 
+from kudos.config import dump_config
 from kudos.errors import ConfigError
 from kudos.experiment import EnvConfig, KudosConfig, load_config
 from kudos.rewards.shaping import NormalizerConfig, ShapingConfig
@@ -198,3 +200,15 @@ def test_a_new_key_wins_over_its_old_alias(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("reward:\n  c_int: 0.2\n  shaping:\n    c_int: 0.3\n")
     assert load_config(path).reward.shaping.c_int == 0.3
+
+
+def test_print_config_prints_the_resolved_tree_and_exits(tmp_path, capsys):
+    from kudos.cli import main
+
+    status = main(["train", "--print-config", "--task", "Oracle", "--set", "reward.c_int=0.2",
+                   "--output", str(tmp_path / "run")])
+    assert status in (0, None)
+    printed = capsys.readouterr().out
+    expected = load_config(overrides=["env.task=Oracle", "reward.shaping.c_int=0.2", f"run.output_dir={tmp_path / 'run'}"])
+    assert yaml.safe_load(printed) == yaml.safe_load(dump_config(expected))
+    assert not (tmp_path / "run").exists()  # nothing ran

@@ -286,6 +286,8 @@ class Trainer:
         record_revision(self.config)
         save_config(self.config, self.output_dir)
         self.tensorboard = SummaryWriter(str(self.output_dir / "tensorboard"))
+        # The resolved tree beside the curves (TensorBoard's Text tab), as config.yaml holds it.
+        self.tensorboard.add_text("config", f"```yaml\n{dump_config(self.config)}```", self.progress.env_steps)
         # The sampler's dispatcher thread mostly waits on worker pipes; with the default 5 ms GIL
         # switch interval a worker could wait that long for its next free slot.
         switch_interval = sys.getswitchinterval()
