@@ -159,7 +159,7 @@ def test_resume_after_sigkill_restores_the_checkpoint_exactly(tmp_path):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--reward", "magic"], "unknown reward type 'magic'"),
+        (["--reward", "magic"], "reward.type: must be one of none, retrieval, classification"),
         (["--task", "Scroe"], "unknown task 'Scroe': did you mean Score"),
         (["--steps", "0"], "run.steps must be >= 1"),
         (["--set", "appo.gamma=2"], "appo: gamma must be in [0, 1]"),
