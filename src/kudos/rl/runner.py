@@ -193,6 +193,7 @@ class Trainer:
                 rollout=config.appo.rollout,
                 batch_slots=2 * workers,
                 inference=config.run.inference,
+                slots_ahead=config.run.slots_ahead,
                 seed=env_seed,
                 max_episode_steps=config.env.max_episode_steps,
                 whole_rounds=True,  # per-env shaping and run statistics line up with env ids
