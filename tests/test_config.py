@@ -200,6 +200,8 @@ def test_a_new_key_wins_over_its_old_alias(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("reward:\n  c_int: 0.2\n  shaping:\n    c_int: 0.3\n")
     assert load_config(path).reward.shaping.c_int == 0.3
+    # An override under a moved section moves with it.
+    assert load_config(overrides=["reward.intrinsic.normalize=true"]).reward.shaping.intrinsic.normalize
 
 
 def test_print_config_prints_the_resolved_tree_and_exits(tmp_path, capsys):

@@ -118,6 +118,8 @@ def _move(data: dict[str, Any], old: list[str], new: list[str]) -> bool:
     target = data
     for key in new[:-1]:
         target = target.setdefault(key, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"{'.'.join(new[:-1])}: expected a mapping, got {target!r}")
     target.setdefault(new[-1], value)  # a value already at the new key wins
     return True
 

@@ -53,8 +53,6 @@ class RunConfig:
     dirty: bool | None = None
 
 
-
-
 @dataclass
 class KudosConfig:
     """Root of the configuration tree: ``env``, ``reward``, ``llm``, ``appo``, ``policy``, ``run``
