@@ -10,7 +10,7 @@ import yaml
 
 from kudos.config import dump_config
 from kudos.errors import ConfigError
-from kudos.experiment import EnvConfig, KudosConfig, load_config
+from kudos.experiment import EnvConfig, KudosConfig, load_config, resume_config, save_config
 from kudos.rewards.shaping import NormalizerConfig, ShapingConfig
 from kudos.rl.policy import POLICY_PRESETS
 
@@ -18,8 +18,6 @@ from kudos.rl.policy import POLICY_PRESETS
 def test_a_saved_config_loads_back_equal(tmp_path):
     """What resuming relies on: the YAML a run writes (every section, nested ones included) loads
     back into the same config. Default values themselves are checked against ONI in test_fidelity."""
-    from kudos.rl.runner import resume_config, save_config
-
     config = load_config(overrides=["env.task=Oracle", "env.macros=kudos", "reward.ranker.normalizer.threshold_value=0.25",
                                     "reward.classifier.output=probability", "appo.value_clip=none", "run.steps=123"])
     assert config != KudosConfig()
@@ -110,8 +108,6 @@ def _get(config: Any, key: str) -> Any:
 def test_every_option_is_settable_and_round_trips_through_config_yaml(tmp_path):
     """Each leaf of the resolved tree takes a --set override (JSON, a subset of YAML, for the
     value) and the run's config.yaml loads back the same tree."""
-    from kudos.rl.runner import resume_config, save_config
-
     leaves = list(_leaf_types(KudosConfig))
     assert len(leaves) > 140  # the nested library configs (trainer, annotator, http, policy) are in it
     defaults = KudosConfig()
@@ -177,8 +173,6 @@ run:
 
 def test_an_old_layout_config_yaml_resumes_with_one_warning_per_moved_key(tmp_path, caplog):
     """A run written before the keys moved (reward.c_int, llm.nice, ...) resumes as it was."""
-    from kudos.rl.runner import resume_config
-
     (tmp_path / "config.yaml").write_text(OLD_LAYOUT)
     with caplog.at_level(logging.WARNING, logger="kudos.config"):
         config = resume_config(tmp_path, ["reward.beta=2"])

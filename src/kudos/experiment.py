@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kudos import config as _config
+from kudos.errors import ConfigError
 from kudos.feedback.config import LLMConfig
 from kudos.rewards.online import RewardConfig
 from kudos.rl.appo import APPOConfig
@@ -68,6 +69,9 @@ class KudosConfig:
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
 
 
+#: The file in a run's output directory that holds its resolved config.
+CONFIG_NAME = "config.yaml"
+
 #: Keys that moved: old dotted path -> new. Old ``config.yaml`` files (``--resume``) and ``--set``
 #: overrides keep working, with one deprecation warning line each.
 ALIASES: dict[str, str] = {
@@ -95,3 +99,17 @@ def _expand_policy_preset(data: dict[str, Any]) -> None:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> KudosConfig:
     """The run's :class:`KudosConfig` from an optional YAML file and ``key.path=value`` overrides."""
     return _config.load_config(KudosConfig, path, overrides, aliases=ALIASES, prepare=_expand_policy_preset)
+
+
+def save_config(config: KudosConfig, directory: Path) -> None:
+    """Write ``config`` to ``directory/config.yaml`` (both engines' runs start with it)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / CONFIG_NAME).write_text(_config.dump_config(config))
+
+
+def resume_config(directory: str | Path, overrides: list[str]) -> KudosConfig:
+    """The config a run in ``directory`` was started with, plus ``overrides`` (e.g. more steps)."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise ConfigError(f"cannot resume: {path} not found (is {directory} a `kudos train` output directory?)")
+    return load_config(path, overrides)

@@ -25,11 +25,10 @@ from kudos.config import canonical_key
 from kudos.errors import KudosError
 from kudos.eval.plots import panel_chart
 from kudos.eval.scalars import read_scalars
-from kudos.experiment import ALIASES
+from kudos.experiment import ALIASES, CONFIG_NAME
 
 log = logging.getLogger(__name__)
 
-CONFIG_NAME = "config.yaml"
 #: TensorBoard tag -> how the table and plots name it.
 METRICS: dict[str, str] = {
     "episode/return": "extrinsic return",

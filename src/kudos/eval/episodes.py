@@ -249,7 +249,7 @@ def evaluate_run(
     from kudos.envs import get_task
     from kudos.errors import KudosError
     from kudos.rl.checkpoint import CheckpointError, load_checkpoint
-    from kudos.rl.runner import CONFIG_NAME
+    from kudos.experiment import CONFIG_NAME
 
     state = load_checkpoint(run_dir)
     config_path = Path(run_dir) / CONFIG_NAME

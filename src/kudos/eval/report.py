@@ -158,7 +158,7 @@ def build_report(
     from kudos.experiment import load_config
     from kudos.eval.scalars import read_scalars
     from kudos.rl.checkpoint import load_checkpoint
-    from kudos.rl.runner import CONFIG_NAME
+    from kudos.experiment import CONFIG_NAME
     from kudos.rl.runstats import diagnose, disagreement
 
     started = time.perf_counter()

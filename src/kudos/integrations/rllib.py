@@ -508,7 +508,7 @@ def train(config: KudosConfig, resume: bool = False, address: str | None = None,
     from pathlib import Path
 
     from kudos.rl.checkpoint import CheckpointError
-    from kudos.rl.runner import save_config
+    from kudos.experiment import save_config
 
     output = Path(config.run.output_dir).resolve()
     checkpoint = output / CHECKPOINT_DIR

@@ -36,7 +36,7 @@ from kudos import STARTUP_LOG
 from kudos.config import dump_config
 from kudos.envs import get_task
 from kudos.errors import ConfigError
-from kudos.experiment import KudosConfig, load_config
+from kudos.experiment import KudosConfig, save_config
 from kudos.rewards.online import IntrinsicReward
 from kudos.rewards.shaping import RewardShaper
 from kudos.rl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -48,7 +48,6 @@ from kudos.rl.sampler import SampleBatch, Sampler, SamplerConfig, resolve_device
 log = logging.getLogger(__name__)
 startup = logging.getLogger(STARTUP_LOG)
 
-CONFIG_NAME = "config.yaml"
 _RECENT_EPISODES = 100
 #: Seconds between forced GIL hand-offs during a run (Python's default is 0.005), so threads that
 #: mostly wait or call torch (the sampler's dispatcher, reward-model trainer) get the GIL back soon.
@@ -86,11 +85,6 @@ class Stats:
         return out
 
 
-def save_config(config: KudosConfig, directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / CONFIG_NAME).write_text(dump_config(config))
-
-
 def source_revision() -> tuple[str, bool | None]:
     """The git commit of the kudos source that runs, and whether its tracked files differ from
     it; ("unknown", None) outside a git checkout (an installed wheel) or without git."""
@@ -123,14 +117,6 @@ def record_revision(config: KudosConfig) -> None:
     config.run.commit = commit
     known = [d for d in (config.run.dirty, dirty) if d is not None]
     config.run.dirty = any(known) if known else None
-
-
-def resume_config(directory: str | Path, overrides: list[str]) -> KudosConfig:
-    """The config a run in ``directory`` was started with, plus ``overrides`` (e.g. more steps)."""
-    path = Path(directory) / CONFIG_NAME
-    if not path.is_file():
-        raise ConfigError(f"cannot resume: {path} not found (is {directory} a `kudos train` output directory?)")
-    return load_config(path, overrides)
 
 
 class Trainer:
