@@ -1,6 +1,8 @@
 import dataclasses
 import json
 import logging
+import subprocess
+import sys
 import types
 import typing
 from typing import Any, Iterator
@@ -208,3 +210,10 @@ def test_print_config_prints_the_resolved_tree_and_exits(tmp_path, capsys):
     expected = load_config(overrides=["env.task=Oracle", "reward.shaping.c_int=0.2", f"run.output_dir={tmp_path / 'run'}"])
     assert yaml.safe_load(printed) == yaml.safe_load(dump_config(expected))
     assert not (tmp_path / "run").exists()  # nothing ran
+
+
+def test_the_config_machinery_is_a_leaf():
+    """kudos.config imports no kudos component (the tree that gathers them is kudos.experiment)."""
+    code = "import sys, kudos.config; print(sorted(m for m in sys.modules if m.startswith('kudos')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['kudos', 'kudos.config', 'kudos.errors']"
