@@ -46,7 +46,7 @@ NETHACK_STEPS = 150_000
 NETHACK_VARIANTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("none", "none", ()),
     ("classification", "classification", ()),
-    ("classification-cext0", "classification", ("reward.c_ext=0",)),
+    ("classification-cext0", "classification", ("reward.shaping.c_ext=0",)),
 )
 #: Env steps/s per reward type over a whole run (start-up included), only for the time estimate
 #: printed before a grid starts: `--measure 30000` on MiniHack-KeyRoom-S5 on 2026-11-27 with the

@@ -7,7 +7,7 @@ completion with "1" or "0" and its top log-probabilities; the faulty one cycles 
 non-JSON body, HTTP 500 and a reply with no choices. Both list one model at GET /v1/models. Each run is a fresh `kudos train`
 process on its own label store, so no label is reused. Target (issue 17): faulty/healthy >= 0.9.
 
-By default the runs train with ``reward.c_int=0``: the whole reward side runs (annotator, reward
+By default the runs train with ``reward.shaping.c_int=0``: the whole reward side runs (annotator, reward
 trainer, scoring every rollout) but the intrinsic reward does not steer the policy, so both runs
 play alike and the ratio is the cost of the faults alone. With ``--c-int 0.4`` (kudos's default)
 the healthy run's labels also change what the agent does, and with it how often games reset
@@ -36,7 +36,7 @@ def train_rate(url: str, steps: int, c_int: float, workdir: Path, name: str) -> 
     cmd = [
         sys.executable, "-m", "kudos", "train", "--task", "Score", "--reward", "classification",
         "--llm", url, "--steps", str(steps), "--output", str(workdir / name),
-        "--store", str(workdir / f"{name}.sqlite"), "--set", "run.log_every_s=1", "--set", f"reward.c_int={c_int}",
+        "--store", str(workdir / f"{name}.sqlite"), "--set", "run.log_every_s=1", "--set", f"reward.shaping.c_int={c_int}",
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     if out.returncode != 0:

@@ -29,13 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from kudos.config import load_config
 from kudos.eval.episodes import RandomPolicy, run_episodes
 from kudos.eval.report import build_report
+from kudos.experiment import load_config, save_config
 from kudos.feedback.store import LabelRecord, open_store
 from kudos.rewards.online import scoring_model
 from kudos.rl.checkpoint import save_checkpoint
-from kudos.rl.runner import save_config
 from kudos.rl.runstats import RunStats
 
 MONSTERS = ["newt", "jackal", "grid bug", "kobold", "sewer rat", "gnome lord", "hill orc", "floating eye", "lichen"]

@@ -19,10 +19,10 @@ import time
 
 import numpy as np
 
-from kudos.config import DiagnosticsConfig, load_config
 from kudos.envs import make_env
+from kudos.experiment import load_config
 from kudos.rewards import ClassifierReward
-from kudos.rl.runstats import RunStats
+from kudos.rl.runstats import DiagnosticsConfig, RunStats
 
 
 def play(steps: int, seed: int = 0) -> tuple[list[str], np.ndarray, np.ndarray]:

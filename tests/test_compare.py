@@ -54,30 +54,30 @@ def test_groups_by_every_differing_value_but_the_seed(runs):
     result = compare([load_run(p) for p in find_runs([runs])], resamples=2000)
     labels = sorted(g.label for g in result.groups)
     assert labels == [
-        "reward.c_ext=0.0, reward.type=classification",
-        "reward.c_ext=None, reward.type=classification",
-        "reward.c_ext=None, reward.type=none",
+        "reward.shaping.c_ext=0.0, reward.type=classification",
+        "reward.shaping.c_ext=None, reward.type=classification",
+        "reward.shaping.c_ext=None, reward.type=none",
     ]
     assert sorted(len(g.runs) for g in result.groups) == [2, 2, 3]
 
 
 def test_known_curves_give_known_finals_and_intervals(runs):
     result = compare([load_run(p) for p in find_runs([runs])], resamples=10_000, seed=0)
-    none = result.finals[("MiniHack-River", "reward.c_ext=None, reward.type=none", "episode/success_rate")]
+    none = result.finals[("MiniHack-River", "reward.shaping.c_ext=None, reward.type=none", "episode/success_rate")]
     # Seeds at 0, 0.2, 0.4: a resample of three all-0 (or all-0.4) runs has probability 1/27 > 2.5%,
     # so the 95% percentile interval is exactly [0, 0.4].
     assert (none.mean, none.low, none.high, none.seeds) == (pytest.approx(0.2), 0.0, pytest.approx(0.4), 3)
-    rising = result.finals[("MiniHack-River", "reward.c_ext=None, reward.type=classification", "episode/success_rate")]
+    rising = result.finals[("MiniHack-River", "reward.shaping.c_ext=None, reward.type=classification", "episode/success_rate")]
     # Mean of s/1000 over the last 10% of a 0..1000 grid; identical seeds: a zero-width interval.
     assert rising.mean == pytest.approx(0.95, abs=0.003) and rising.low == rising.high == pytest.approx(rising.mean)
-    ret = result.finals[("MiniHack-River", "reward.c_ext=0.0, reward.type=classification", "episode/return")]
+    ret = result.finals[("MiniHack-River", "reward.shaping.c_ext=0.0, reward.type=classification", "episode/return")]
     assert (ret.mean, ret.low, ret.high, ret.seeds) == (pytest.approx(5.0), pytest.approx(5.0), pytest.approx(5.0), 2)
     # Metrics a run did not log are left out, not invented.
-    assert ("MiniHack-River", "reward.c_ext=None, reward.type=none", "episode/score") not in result.finals
+    assert ("MiniHack-River", "reward.shaping.c_ext=None, reward.type=none", "episode/score") not in result.finals
     table = result.table()
-    assert "| MiniHack-River | reward.c_ext=None, reward.type=none | 3 | 2 [0, 4] | 0.2 [0, 0.4] | - | - |" in table
+    assert "| MiniHack-River | reward.shaping.c_ext=None, reward.type=none | 3 | 2 [0, 4] | 0.2 [0, 0.4] | - | - |" in table
     # The band of the mean curve contains it; the bootstrap is reproducible.
-    line = result.curves[("MiniHack-River", "reward.c_ext=None, reward.type=none", "episode/success_rate")]
+    line = result.curves[("MiniHack-River", "reward.shaping.c_ext=None, reward.type=none", "episode/success_rate")]
     assert (line.low <= line.y + 1e-12).all() and (line.y <= line.high + 1e-12).all()
     again = compare([load_run(p) for p in find_runs([runs])], resamples=10_000, seed=0)
     assert again.table() == table
@@ -89,7 +89,7 @@ def test_labels_table_reports_each_llm_run(runs):
     assert len(lines) == 2 + 4  # header, rule, 4 LLM runs; the `none` runs have no labels
     # 100 labels in 18 s of logged time (the interruption is not run time), 30 queued:
     # 100 / 130 of the distinct captions submitted were labelled.
-    assert "| MiniHack-River | reward.c_ext=0.0, reward.type=classification | 0 | 100 | 5.56 | 30 | 0 | 76.9% |" in lines
+    assert "| MiniHack-River | reward.shaping.c_ext=0.0, reward.type=classification | 0 | 100 | 5.56 | 30 | 0 | 76.9% |" in lines
 
 
 def test_runs_are_aligned_on_their_common_steps(tmp_path):

@@ -3,8 +3,8 @@ clean one is not; run statistics survive a checkpoint round trip."""
 
 import numpy as np
 
-from kudos.config import DiagnosticsConfig, load_config
-from kudos.rl.runstats import RunStats, warning_lines
+from kudos.experiment import load_config
+from kudos.rl.runstats import DiagnosticsConfig, RunStats, warning_lines
 
 B, T = 4, 50
 

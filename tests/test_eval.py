@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from kudos.commands.main import main
-from kudos.config import load_config
+from kudos.experiment import load_config
 from kudos.eval.episodes import evaluate_run
+from kudos.experiment import load_config, save_config
 from kudos.rl.checkpoint import CheckpointError
-from kudos.rl.runner import Trainer, save_config
+from kudos.rl.runner import Trainer
 
 
 @pytest.fixture(scope="module")

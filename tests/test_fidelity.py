@@ -9,18 +9,17 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from kudos.config import KudosConfig
 from kudos.envs import get_task
-from kudos.feedback.annotator import AnnotatorConfig
+from kudos.experiment import KudosConfig
 from kudos.rewards.shaping import ShapingConfig
-from kudos.rewards.trainer import TrainerConfig
 
 FIDELITY = Path(__file__).resolve().parents[1] / "docs" / "fidelity.md"
 #: `key = value` in the doc's tables: a dotted key and a Python literal.
 _SETTING = re.compile(r"`([a-z]\w*(?:\.\w+)+) = ([^`]+)`")
-#: The roots whose whole default tree the doc must cover: `kudos train`'s config and the library
-#: configs it builds from it.
-ROOTS = {"": KudosConfig(), "shaping.": ShapingConfig(), "trainer.": TrainerConfig(), "annotator.": AnnotatorConfig()}
+#: The roots whose whole default tree the doc must cover: `kudos train`'s config (the library's
+#: TrainerConfig and AnnotatorConfig are in it, as reward.trainer and llm.annotator) and the
+#: library's ShapingConfig, whose c_ext differs from a run's.
+ROOTS = {"": KudosConfig(), "shaping.": ShapingConfig()}
 
 
 def _leaves(config: Any, prefix: str) -> Iterator[tuple[str, Any]]:

@@ -8,9 +8,9 @@ from nle import nethack
 from kudos.envs import NUM_ACTIONS, make_env
 from kudos.envs.actions import EXTENDED_ACTIONS, action_index
 from kudos.envs.captions import decode_caption
-from kudos.config import EnvConfig
 from kudos.envs.nethack import MACROS, first_offered_item
 from kudos.errors import ConfigError
+from kudos.experiment import EnvConfig
 
 
 @pytest.fixture

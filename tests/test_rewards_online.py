@@ -1,13 +1,16 @@
 """The intrinsic-reward service of a run: real embedded LLM, real SQLite store, real trainer."""
 
+import dataclasses
 import time
 
 import numpy as np
 import pytest
 
-from kudos.config import load_config
 from kudos.errors import ConfigError, KudosError
-from kudos.rewards.online import IntrinsicReward, LLMConfig, RewardConfig
+from kudos.experiment import load_config
+from kudos.feedback.config import LLMConfig
+from kudos.rewards.online import IntrinsicReward, RewardConfig
+from kudos.rewards.shaping import ShapingConfig
 from kudos.rewards.trainer import TrainerConfig
 
 
@@ -25,9 +28,9 @@ def test_reward_config_validation():
 
 
 def test_task_presets_and_reward_free_setting():
-    assert RewardConfig().shaping(task_extrinsic_coef=10.0).c_ext == 10.0
-    assert RewardConfig(c_ext=0.0).shaping(task_extrinsic_coef=10.0).c_ext == 0.0
-    assert RewardConfig(type="none").shaping(0.1).c_int == 0.0
+    assert RewardConfig().shaping_for(task_extrinsic_coef=10.0).c_ext == 10.0
+    assert RewardConfig(shaping=ShapingConfig(c_ext=0.0)).shaping_for(task_extrinsic_coef=10.0).c_ext == 0.0
+    assert RewardConfig(type="none").shaping_for(0.1).c_int == 0.0
 
 
 @pytest.mark.usefixtures("embedded_model")
@@ -73,7 +76,8 @@ def test_labels_flow_from_the_llm_to_the_reward_model(tmp_path):
         again.close()
 
     # The skip option: "" earns nothing, whatever its stored label.
-    skipping = IntrinsicReward(RewardConfig(type="retrieval", skip_empty_caption=True), llm, goal="score")
+    skip_llm = dataclasses.replace(llm, annotator=dataclasses.replace(llm.annotator, skip_empty=True))
+    skipping = IntrinsicReward(RewardConfig(type="retrieval"), skip_llm, goal="score")
     try:
         skipping.load_state_dict(state)
         np.testing.assert_array_equal(skipping(captions), [*scores[:3], 0.0])

@@ -102,7 +102,7 @@ def test_library_wrapper_and_train_shaping_defaults_are_onis():
 
     library = ShapingConfig()
     wrapper = IntrinsicRewardWrapper(gym.make("CartPole-v1"), RetrievalReward(), caption_fn=lambda o, i: "").shaper.config
-    train = RewardConfig().shaping(get_task("StaircaseLvl3").extrinsic_coef)
+    train = RewardConfig().shaping_for(get_task("StaircaseLvl3").extrinsic_coef)
     for config in (library, wrapper, train):
         assert (config.ext_scale, config.ext_clip, config.c_int, config.beta) == (1.0, 10.0, 0.4, 3.0)
     assert train.c_ext == 10.0

@@ -27,6 +27,7 @@ from kudos.integrations.rllib import (  # noqa: E402
 from kudos.rewards import CaptionLabel, ClassifierConfig, ClassifierReward, RewardShaper, shaped_rewards  # noqa: E402
 from kudos.rewards.embedding import EmbeddingCosineReward  # noqa: E402
 from kudos.rewards.shaping import NormalizerConfig, ShapingConfig  # noqa: E402
+from kudos.rl.policy import PolicyConfig  # noqa: E402
 
 T, B = 40, 3
 
@@ -166,7 +167,7 @@ def test_snapshot_scores_like_the_model_and_holds_no_training_state() -> None:
 def test_module_runs_kudos_policy_with_state_and_target() -> None:
     env = RLlibNetHackEnv({"task": "Score"})
     module = NetHackRLModule(observation_space=env.observation_space, action_space=env.action_space,
-                             model_config={"policy": "small", "max_seq_len": 4})
+                             model_config={"policy": PolicyConfig(), "max_seq_len": 4})
     module.make_target_networks()
     obs, _ = env.reset(seed=0)
     steps = [obs] + [env.step(a)[0] for a in (1, 2, 3)]

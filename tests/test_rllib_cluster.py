@@ -25,8 +25,8 @@ import ray  # noqa: E402
 from test_llm_http import FaultyLLMServer  # noqa: E402  (its proxy counts every prompt)
 from test_store import _fresh_postgres_db, postgres_url  # noqa: E402,F401  (the throwaway PostgreSQL server)
 
-from kudos.config import load_config  # noqa: E402
-from kudos.feedback.embedded import MODEL_ID  # noqa: E402
+from kudos.experiment import load_config  # noqa: E402
+from kudos.feedback.model_files import MODEL_ID  # noqa: E402
 from kudos.feedback.store import open_store  # noqa: E402
 from kudos.integrations.rllib import KudosAPPO, appo_config, env_steps_trained, on_connector  # noqa: E402
 from kudos.rewards.trainer import TrainerConfig  # noqa: E402
@@ -72,7 +72,7 @@ def test_kudos_appo_labels_snapshots_checkpoints_and_survives_kills(cluster: Non
     store = _fresh_postgres_db(postgres_url)
     config = load_config(None, [
         "reward.type=classification", f"llm.backend={counting_llm.url}", f"llm.store={store}", "env.num_envs=2",
-        "env.max_episode_steps=40", "appo.rollout=16", "appo.recurrence=16", "reward.intrinsic.normalize=true",
+        "env.max_episode_steps=40", "appo.rollout=16", "appo.recurrence=16", "reward.shaping.intrinsic.normalize=true",
     ])
     trainer = TrainerConfig(min_labels=4, warmup_steps_per_s=20.0, publish_every=2, poll_interval_s=0.5)
     rllib_config = appo_config(config, num_env_runners=2, envs_per_runner=1, trainer=trainer).reporting(

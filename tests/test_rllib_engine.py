@@ -7,8 +7,8 @@ import importlib.util
 
 import pytest
 
-from kudos.config import load_config
 from kudos.errors import KudosError
+from kudos.experiment import load_config
 from kudos.integrations import RAY_INSTALL, require_ray
 from kudos.commands.rllib import add_engine_arguments, run_engine
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 from nle import nethack
 
-from kudos.config import load_config
 from kudos.envs import TASKS, TaskRules, TaskSpec, Transition, register_task
+from kudos.experiment import load_config, resume_config
 from kudos.rl.checkpoint import load_checkpoint
-from kudos.rl.runner import Trainer, resume_config
+from kudos.rl.runner import Trainer
 
 
 class TimeAdvancesRules(TaskRules):
@@ -54,7 +54,7 @@ def small_config(tmp_path: Path, *overrides: str):
 def test_the_agent_learns_a_small_real_task(tmp_path):
     """The reward per step must rise well above a random agent's (fails if it does not)."""
     config = small_config(
-        tmp_path, "env.task=TimeAdvances", "reward.type=none", "reward.c_ext=1.0", "run.steps=24576",
+        tmp_path, "env.task=TimeAdvances", "reward.type=none", "reward.shaping.c_ext=1.0", "run.steps=24576",
         "appo.learning_rate=0.001", "appo.entropy_coef=0.0", "appo.gamma=0.9",
     )
     seen: list[float] = []
@@ -110,7 +110,7 @@ def test_resume_after_sigkill_restores_the_checkpoint_exactly(tmp_path):
     run = tmp_path / "run"
     store = tmp_path / "labels.sqlite"
     common = ["--set", "env.num_workers=1", "--set", "appo.rollout=16", "--store", str(store),
-              "--set", "llm.batch_size=4"]
+              "--set", "llm.annotator.batch_size=4"]
     proc = _kudos(
         "train", "--task", "Score", "--reward", "classification", "--num-envs", "4", "--steps", "1000000",
         "--output", str(run), "--set", "run.checkpoint_every_s=1", *common, start_new_session=True,
@@ -159,7 +159,7 @@ def test_resume_after_sigkill_restores_the_checkpoint_exactly(tmp_path):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--reward", "magic"], "unknown reward type 'magic'"),
+        (["--reward", "magic"], "reward.type: must be one of none, retrieval, classification"),
         (["--task", "Scroe"], "unknown task 'Scroe': did you mean Score"),
         (["--steps", "0"], "run.steps must be >= 1"),
         (["--set", "appo.gamma=2"], "appo: gamma must be in [0, 1]"),

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from kudos.config import load_config
 from kudos.eval.scalars import read_scalars
+from kudos.experiment import load_config
 from kudos.feedback.store import open_store
 from kudos.rl.runner import Trainer
 
@@ -25,7 +25,7 @@ def _train(tmp_path: Path, server: str, reward: str, steps: int = 3072, *overrid
     config = load_config(None, [
         "env.num_envs=8", "env.num_workers=2", "appo.rollout=16", f"run.steps={steps}", "run.log_every_s=0.5",
         f"run.output_dir={tmp_path / 'run'}", f"reward.type={reward}", f"llm.backend={server}",
-        f"llm.store={tmp_path / 'labels.sqlite'}", "llm.batch_size=4", *overrides,
+        f"llm.store={tmp_path / 'labels.sqlite'}", "llm.annotator.batch_size=4", *overrides,
     ])
     shown: list[dict[str, float]] = []
     Trainer(config, on_progress=lambda progress, figures: shown.append(dict(figures))).train()

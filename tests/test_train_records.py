@@ -5,12 +5,13 @@ import subprocess
 from pathlib import Path
 
 import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import numpy as np
 
-from kudos.config import load_config
 from kudos.envs import EndStatus, make_env
 from kudos.eval.scalars import read_scalars
+from kudos.experiment import load_config
 from kudos.rl.runner import Trainer, record_revision
 
 
@@ -34,6 +35,12 @@ def test_minihack_run_records_episode_figures_and_commit(tmp_path):
     head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
                           cwd=Path(__file__).parent).stdout.strip()
     assert saved["run"]["commit"] == head and isinstance(saved["run"]["dirty"], bool)
+    # TensorBoard's Text tab holds the resolved config, as config.yaml does.
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"tensors": 0})
+    events.Reload()
+    (text,) = events.Tensors("config/text_summary")
+    markdown = text.tensor_proto.string_val[0].decode()
+    assert markdown.startswith("```yaml\n") and yaml.safe_load(markdown.strip("`").removeprefix("yaml\n")) == saved
 
 
 def test_a_run_resumed_on_another_commit_keeps_both(tmp_path):

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kudos.envs import make_env
+from kudos.envs import get_task, make_env
 from kudos.rewards import (
     CaptionLabel,
     ClassifierReward,
@@ -105,8 +105,9 @@ def main() -> None:
             rows = [json.loads(line) for line in text.splitlines() if line.strip()]
             model.fit([CaptionLabel(r["caption"], float(r["soft_label"])) for r in rows], steps=args.fit_steps)
 
-        # 2. Envs: the wrapper adds c_int * 1[P(helpful) > 0.5] / N_episode(caption)^3 to the scaled game reward.
-        shaping = ShapingConfig(c_ext=1.0, ext_scale=0.1, c_int=0.1, beta=3.0)
+        # 2. Envs: the wrapper adds c_int * 1[P(helpful) > 0.5] / N_episode(caption)^3 to the scaled game
+        # reward; ONI's coefficients (c_int 0.4, reward clipped at +-10), c_ext the task's ONI preset.
+        shaping = ShapingConfig(c_ext=get_task(args.task).extrinsic_coef)
 
         def make(i: int):
             def thunk() -> gym.Env:

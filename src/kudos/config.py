@@ -1,127 +1,33 @@
-"""Typed configuration: dataclasses for every option, loaded from YAML with CLI overrides.
+"""Typed configuration machinery: a tree of dataclasses loaded from YAML with CLI overrides.
 
-A config file mirrors the dataclass tree::
+The tree itself (:class:`kudos.experiment.KudosConfig`) lives above the components whose
+sections it holds; this module knows none of them. A config file mirrors the dataclass tree::
 
     env:
       task: StaircaseLvl3
       num_envs: 16
 
 and overrides use dotted paths: ``env.num_envs=32``. Unknown keys and values of the wrong type
-are reported in one line naming the key (:class:`~kudos.errors.ConfigError`).
+are reported in one line naming the key (:class:`~kudos.errors.ConfigError`), and so are values
+outside a ``Literal[...]`` field's choices. Tuples are written as YAML lists (``[16, 32]``). Keys
+that moved keep loading through an alias table (old dotted path -> new), with one warning line.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import yaml
 
 from kudos.errors import ConfigError
 
-if typing.TYPE_CHECKING:
-    from kudos.rewards.online import LLMConfig, RewardConfig
-    from kudos.rl.appo import APPOConfig
-
 T = TypeVar("T")
-
-
-@dataclass
-class EnvConfig:
-    """The NetHack task and how many copies of it are stepped in parallel."""
-
-    task: str = "Score"
-    num_envs: int = 16  # B: envs stepped per batch
-    num_workers: int = 2  # env worker processes
-    seed: int = 0
-    max_episode_steps: int | None = None  # None: the task's default
-    macros: str = "oni"  # prompt macros: "oni" (ONI's) or "kudos" (--More-- chains joined, item prompts answered)
-
-
-@dataclass
-class RunConfig:
-    """Length, outputs and bookkeeping of a training run."""
-
-    steps: int = 100_000  # env steps to train on (all envs together)
-    output_dir: str = "runs/latest"
-    policy: str = "small"  # policy network preset (see kudos.rl.policy.POLICY_PRESETS)
-    checkpoint_every_s: float = 300.0
-    log_every_s: float = 2.0  # console and TensorBoard cadence
-    torch_threads: int = 1  # intra-op threads of the learner (the envs and the LLM need the rest)
-    device: str = "auto"  # the learner's: "auto" (cuda when a GPU is visible), "cpu" or "cuda"
-    inference: str = "worker"  # who acts: "worker" (each rollout worker) or "policy-worker" (one, on the device)
-    # Recorded by `kudos train` when it starts, not options: the kudos source commit ("unknown"
-    # outside a git checkout; "A+B" for a run resumed on another commit) and uncommitted changes.
-    commit: str = ""
-    dirty: bool | None = None
-
-
-@dataclass
-class DiagnosticsConfig:
-    """Reward-hacking diagnostics: computed while training (TensorBoard ``diagnostics/*``, a warning
-    line in the live display) and in ``kudos report``. See docs/report.md.
-
-    A warning is raised when the intrinsic and extrinsic returns of the last ``window_episodes``
-    episodes correlate below ``min_return_correlation`` (the agent earns intrinsic reward at the
-    expense of the task); when the 10 captions that earned most intrinsic reward in the run earn
-    more than ``max_top10_share`` of it; when a caption is farmed: seen ``farm_min_count`` times or
-    more per episode it appears in, earning ``farm_min_reward`` or more raw intrinsic reward per
-    such episode above what the median caption earns per sighting (count x excess reward, what the
-    count exponent ``beta`` is there to stop); and when
-    the reward model disagrees with the LLM on more than ``max_disagreement`` of the last
-    ``recent_labels`` classification labels (a reward >= 0.5 counts as "helpful").
-    """
-
-    window_episodes: int = 100
-    min_episodes: int = 20  # no correlation warning from fewer episodes than this
-    min_return_correlation: float = -0.3
-    max_top10_share: float = 0.8
-    farm_min_count: float = 10.0
-    farm_min_reward: float = 5.0
-    recent_labels: int = 500
-    max_disagreement: float = 0.3
-
-
-def _appo_config() -> Any:
-    from kudos.rl.appo import APPOConfig
-
-    return APPOConfig()
-
-
-def _reward_config() -> Any:
-    from kudos.rewards.online import RewardConfig
-
-    return RewardConfig()
-
-
-def _llm_config() -> Any:
-    from kudos.rewards.online import LLMConfig
-
-    return LLMConfig()
-
-
-@dataclass
-class KudosConfig:
-    """Root of the configuration tree: ``env``, ``reward``, ``llm``, ``appo``, ``run`` and ``diagnostics``."""
-
-    env: EnvConfig = field(default_factory=EnvConfig)
-    reward: "RewardConfig" = field(default_factory=_reward_config)
-    llm: "LLMConfig" = field(default_factory=_llm_config)
-    appo: "APPOConfig" = field(default_factory=_appo_config)
-    run: RunConfig = field(default_factory=RunConfig)
-    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
-
-
-def _lazy_types() -> dict[str, Any]:
-    """The section types that live with their components (imported only when a config is built)."""
-    from kudos.rewards.online import LLMConfig, RewardConfig
-    from kudos.rl.appo import APPOConfig
-
-    return {"LLMConfig": LLMConfig, "RewardConfig": RewardConfig, "APPOConfig": APPOConfig}
+log = logging.getLogger(__name__)
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
@@ -141,6 +47,19 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is typing.Literal:
+        choices = typing.get_args(annotation)
+        if value not in choices:
+            raise ConfigError(f"{key}: must be one of {', '.join(map(str, choices))}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        args = typing.get_args(annotation)
+        item_types = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        if len(item_types) != len(value):
+            raise ConfigError(f"{key}: expected {len(item_types)} items, got {value!r}")
+        return tuple(_coerce(v, t, f"{key}[{i}]") for i, (v, t) in enumerate(zip(value, item_types)))
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
@@ -169,7 +88,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
 
 
 def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
-    hints = typing.get_type_hints(cls, localns=_lazy_types())
+    hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names)
     if unknown:
@@ -188,8 +107,51 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
     return path.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls: type[T] = KudosConfig) -> T:  # type: ignore[assignment]
-    """Build ``cls`` from an optional YAML file, then apply ``key.path=value`` overrides."""
+def _move(data: dict[str, Any], old: list[str], new: list[str]) -> bool:
+    """Move the value at dotted path ``old`` of the raw tree ``data`` to ``new``; False if absent."""
+    node: Any = data
+    for key in old[:-1]:
+        node = node.get(key) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or old[-1] not in node:
+        return False
+    value = node.pop(old[-1])
+    target = data
+    for key in new[:-1]:
+        target = target.setdefault(key, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"{'.'.join(new[:-1])}: expected a mapping, got {target!r}")
+    target.setdefault(new[-1], value)  # a value already at the new key wins
+    return True
+
+
+def canonical_key(path: str, aliases: dict[str, str]) -> str:
+    """Dotted ``path`` with a moved key (or section) replaced by its new one from ``aliases``."""
+    for old, new in aliases.items():
+        if path == old or path.startswith(old + "."):
+            return new + path[len(old):]
+    return path
+
+
+def _renamed(keys: list[str], aliases: dict[str, str]) -> list[str]:
+    """Override path ``keys`` under their new name, with a deprecation warning if they moved."""
+    path = ".".join(keys)
+    new = canonical_key(path, aliases)
+    if new != path:
+        log.warning("config key %s is deprecated: use %s", path, new)
+    return new.split(".")
+
+
+def load_config(
+    cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
+    aliases: dict[str, str] | None = None, prepare: Callable[[dict[str, Any]], None] | None = None,
+) -> T:
+    """Build ``cls`` from an optional YAML file, then apply ``key.path=value`` overrides.
+
+    ``aliases``: old dotted key -> new one, for keys that moved; the file's and the overrides'
+    old keys load as the new ones (each with one deprecation warning line). ``prepare``: edits
+    the raw tree (file and overrides merged) before it is built, e.g. to expand a preset.
+    """
+    aliases = aliases or {}
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -203,8 +165,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
         data = loaded or {}
+        for old, new in aliases.items():
+            if _move(data, old.split("."), new.split(".")):
+                log.warning("config file %s: key %s is deprecated: use %s", path, old, new)
     for text in overrides or []:
         keys, value = _parse_override(text)
+        keys = _renamed(keys, aliases)
         node = data
         for key in keys[:-1]:
             child = node.setdefault(key, {})
@@ -212,4 +178,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 raise ConfigError(f"override {text!r}: {key} is not a section")
             node = child
         node[keys[-1]] = value
+    if prepare is not None:
+        prepare(data)
     return _build(cls, data)
+
+
+def dump_config(config: Any) -> str:
+    """``config`` (a dataclass tree) as the YAML :func:`load_config` reads back."""
+    return yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)

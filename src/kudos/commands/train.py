@@ -51,7 +51,7 @@ def register(subparsers: Any) -> None:
         help="train an agent with online intrinsic rewards from LLM feedback",
         description="Train with APPO on a NetHack task while the LLM labels captions and the reward "
         "model learns. Any option of the config tree can be set with --set section.key=value "
-        "(sections: env, reward, llm, appo, run, diagnostics).",
+        "(sections: env, reward, llm, appo, policy, run, diagnostics; --print-config shows them all).",
     )
     train.add_argument("--task", help="task name (see `kudos tasks`); default Score")
     train.add_argument(
@@ -69,6 +69,7 @@ def register(subparsers: Any) -> None:
     train.add_argument("--config", help="YAML config file")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
     train.add_argument("--resume", metavar="DIR", help="continue the run in DIR (its config, plus overrides)")
+    train.add_argument("--print-config", action="store_true", help="print the resolved config (YAML) and exit")
     add_engine_arguments(train)
     train.set_defaults(handler=run_train)
 
@@ -102,8 +103,9 @@ def _table(progress: Any, figures: dict[str, float], total: int) -> Table:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from kudos.config import load_config
-    from kudos.rl.runner import Trainer, resume_config
+    from kudos.config import dump_config
+    from kudos.experiment import load_config, resume_config
+    from kudos.rl.runner import Trainer
     from kudos.rl.runstats import warning_lines
 
     if args.resume and args.config:
@@ -112,6 +114,9 @@ def run_train(args: argparse.Namespace) -> int:
         config = resume_config(args.resume, _overrides(args) + [f"run.output_dir={args.resume}"])
     else:
         config = load_config(args.config, _overrides(args))
+    if args.print_config:
+        console.out(dump_config(config), end="", highlight=False)
+        return 0
     if config.run.steps < 1:
         raise KudosError(f"run.steps must be >= 1, got {config.run.steps}")
     engine_status = run_engine(args, config)  # --engine rllib runs here; None: kudos's own trainer

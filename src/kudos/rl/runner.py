@@ -31,25 +31,23 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import yaml
 
 from kudos import STARTUP_LOG
-from kudos.config import KudosConfig, load_config
+from kudos.config import dump_config
 from kudos.envs import get_task
 from kudos.errors import ConfigError
-from kudos.fsutil import atomic_write
+from kudos.experiment import KudosConfig, save_config
 from kudos.rewards.online import IntrinsicReward
 from kudos.rewards.shaping import RewardShaper
 from kudos.rl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from kudos.rl.learner import Learner
-from kudos.rl.policy import NetHackPolicy, get_policy_config
-from kudos.rl.sampler import SampleBatch, Sampler, SamplerConfig, resolve_device
+from kudos.rl.policy import NetHackPolicy
 from kudos.rl.runstats import RunStats
+from kudos.rl.sampler import SampleBatch, Sampler, SamplerConfig, resolve_device
 
 log = logging.getLogger(__name__)
 startup = logging.getLogger(STARTUP_LOG)
 
-CONFIG_NAME = "config.yaml"
 _RECENT_EPISODES = 100
 #: Seconds between forced GIL hand-offs during a run (Python's default is 0.005), so threads that
 #: mostly wait or call torch (the sampler's dispatcher, reward-model trainer) get the GIL back soon.
@@ -87,10 +85,6 @@ class Stats:
         return out
 
 
-def save_config(config: KudosConfig, directory: Path) -> None:
-    atomic_write(directory / CONFIG_NAME, yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
-
-
 def source_revision() -> tuple[str, bool | None]:
     """The git commit of the kudos source that runs, and whether its tracked files differ from
     it; ("unknown", None) outside a git checkout (an installed wheel) or without git."""
@@ -125,14 +119,6 @@ def record_revision(config: KudosConfig) -> None:
     config.run.dirty = any(known) if known else None
 
 
-def resume_config(directory: str | Path, overrides: list[str]) -> KudosConfig:
-    """The config a run in ``directory`` was started with, plus ``overrides`` (e.g. more steps)."""
-    path = Path(directory) / CONFIG_NAME
-    if not path.is_file():
-        raise ConfigError(f"cannot resume: {path} not found (is {directory} a `kudos train` output directory?)")
-    return load_config(path, overrides)
-
-
 class Trainer:
     """One training run: builds every component from ``config`` and trains to ``run.steps``.
 
@@ -159,10 +145,10 @@ class Trainer:
         np.random.seed(config.env.seed)
 
         self.device = resolve_device(config.run.device)
-        policy_config = get_policy_config(config.run.policy)
+        policy_config = config.policy
         self.policy = NetHackPolicy(policy_config, self.task.num_actions).to(self.device)
         self.learner = Learner(self.policy, config.appo)
-        self.shaper = RewardShaper(config.reward.shaping(self.task.extrinsic_coef), config.env.num_envs)
+        self.shaper = RewardShaper(config.reward.shaping_for(self.task.extrinsic_coef), config.env.num_envs)
         self.reward: IntrinsicReward | None = None
         if config.reward.type != "none":
             self.reward = IntrinsicReward(config.reward, config.llm, self.task.goal)
@@ -193,6 +179,7 @@ class Trainer:
                 rollout=config.appo.rollout,
                 batch_slots=2 * workers,
                 inference=config.run.inference,
+                slots_ahead=config.run.slots_ahead,
                 seed=env_seed,
                 max_episode_steps=config.env.max_episode_steps,
                 whole_rounds=True,  # per-env shaping and run statistics line up with env ids
@@ -289,6 +276,8 @@ class Trainer:
         record_revision(self.config)
         save_config(self.config, self.output_dir)
         self.tensorboard = SummaryWriter(str(self.output_dir / "tensorboard"))
+        # The resolved tree beside the curves (TensorBoard's Text tab), as config.yaml holds it.
+        self.tensorboard.add_text("config", f"```yaml\n{dump_config(self.config)}```", self.progress.env_steps)
         # The sampler's dispatcher thread mostly waits on worker pipes; with the default 5 ms GIL
         # switch interval a worker could wait that long for its next free slot.
         switch_interval = sys.getswitchinterval()

@@ -21,12 +21,36 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from kudos.config import DiagnosticsConfig
-
 #: Scores captions with the run's latest reward model: N strings -> float32 (N,).
 Scorer = Callable[[Sequence[str]], np.ndarray]
 TOP_CAPTIONS = 10  # the "top 10" of the concentration diagnostic
 _HELPFUL = 0.5  # a reward at or above this counts as the model saying "helpful"
+
+
+@dataclass
+class DiagnosticsConfig:
+    """Reward-hacking diagnostics: computed while training (TensorBoard ``diagnostics/*``, a warning
+    line in the live display) and in ``kudos report``. See docs/report.md.
+
+    A warning is raised when the intrinsic and extrinsic returns of the last ``window_episodes``
+    episodes correlate below ``min_return_correlation`` (the agent earns intrinsic reward at the
+    expense of the task); when the 10 captions that earned most intrinsic reward in the run earn
+    more than ``max_top10_share`` of it; when a caption is farmed: seen ``farm_min_count`` times or
+    more per episode it appears in, earning ``farm_min_reward`` or more raw intrinsic reward per
+    such episode above what the median caption earns per sighting (count x excess reward, what the
+    count exponent ``beta`` is there to stop); and when
+    the reward model disagrees with the LLM on more than ``max_disagreement`` of the last
+    ``recent_labels`` classification labels (a reward >= 0.5 counts as "helpful").
+    """
+
+    window_episodes: int = 100
+    min_episodes: int = 20  # no correlation warning from fewer episodes than this
+    min_return_correlation: float = -0.3
+    max_top10_share: float = 0.8
+    farm_min_count: float = 10.0
+    farm_min_reward: float = 5.0
+    recent_labels: int = 500
+    max_disagreement: float = 0.3
 
 
 @dataclass
