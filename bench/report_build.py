@@ -31,7 +31,7 @@ import numpy as np
 
 from kudos.eval.episodes import RandomPolicy, run_episodes
 from kudos.eval.report import build_report
-from kudos.experiment import load_config, save_config
+from kudos.rl.experiment import load_config, save_config
 from kudos.feedback.store import LabelRecord, open_store
 from kudos.rewards.online import scoring_model
 from kudos.rl.checkpoint import save_checkpoint

@@ -38,7 +38,7 @@ def child_rllib(args: argparse.Namespace) -> dict[str, Any]:
     """Runs KudosAPPO until ``warmup + seconds`` after its first iteration; figures as a dict."""
     import ray
 
-    from kudos.experiment import load_config
+    from kudos.rl.experiment import load_config
     from kudos.integrations.rllib import appo_config, env_steps_trained
 
     with tempfile.TemporaryDirectory() as tmp:

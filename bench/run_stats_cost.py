@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from kudos.envs import make_env
-from kudos.experiment import load_config
+from kudos.rl.experiment import load_config
 from kudos.rewards import ClassifierReward
 from kudos.rl.runstats import DiagnosticsConfig, RunStats
 

@@ -49,7 +49,7 @@ def child_kudos(args: argparse.Namespace) -> dict[str, Any]:
     """Runs kudos's Trainer until ``warmup + seconds`` after its first update; figures as a dict."""
     import time
 
-    from kudos.experiment import load_config
+    from kudos.rl.experiment import load_config
     from kudos.rl.runner import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:

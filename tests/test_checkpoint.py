@@ -126,7 +126,7 @@ def test_every_component_state_survives_weights_only_loading(tmp_path):
 def test_a_train_run_resumes_from_its_checkpoint(tmp_path):
     """The runner's own state (counters, learner, shaper, RNG states) goes through weights_only
     loading, and the resumed run carries on from the checkpointed counters."""
-    from kudos.experiment import load_config
+    from kudos.rl.experiment import load_config
     from kudos.rl.runner import Trainer
 
     overrides = ["reward.type=none", "env.num_envs=4", "env.num_workers=1", "appo.rollout=16", "run.log_every_s=60",

@@ -12,7 +12,7 @@ import yaml
 
 from kudos.config import dump_config
 from kudos.errors import ConfigError
-from kudos.experiment import EnvConfig, KudosConfig, load_config, resume_config, save_config
+from kudos.rl.experiment import EnvConfig, KudosConfig, load_config, resume_config, save_config
 from kudos.rewards.shaping import NormalizerConfig, ShapingConfig
 from kudos.rl.policy import POLICY_PRESETS
 
@@ -213,7 +213,7 @@ def test_print_config_prints_the_resolved_tree_and_exits(tmp_path, capsys):
 
 
 def test_the_config_machinery_is_a_leaf():
-    """kudos.config imports no kudos component (the tree that gathers them is kudos.experiment)."""
+    """kudos.config imports no kudos component (the tree that gathers them is kudos.rl.experiment)."""
     code = "import sys, kudos.config; print(sorted(m for m in sys.modules if m.startswith('kudos')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['kudos', 'kudos.config', 'kudos.errors']"

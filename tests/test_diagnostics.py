@@ -3,7 +3,7 @@ clean one is not; run statistics survive a checkpoint round trip."""
 
 import numpy as np
 
-from kudos.experiment import load_config
+from kudos.rl.experiment import load_config
 from kudos.rl.runstats import DiagnosticsConfig, RunStats, warning_lines
 
 B, T = 4, 50

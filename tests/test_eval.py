@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from kudos.commands.main import main
-from kudos.experiment import load_config
+from kudos.rl.experiment import load_config
 from kudos.eval.episodes import evaluate_run
-from kudos.experiment import load_config, save_config
+from kudos.rl.experiment import load_config, save_config
 from kudos.rl.checkpoint import CheckpointError
 from kudos.rl.runner import Trainer
 

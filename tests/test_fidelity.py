@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from kudos.envs import get_task
-from kudos.experiment import KudosConfig
+from kudos.rl.experiment import KudosConfig
 from kudos.rewards.shaping import ShapingConfig
 
 FIDELITY = Path(__file__).resolve().parents[1] / "docs" / "fidelity.md"

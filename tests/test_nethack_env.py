@@ -10,7 +10,7 @@ from kudos.envs.actions import EXTENDED_ACTIONS, action_index
 from kudos.envs.captions import decode_caption
 from kudos.envs.nethack import MACROS, first_offered_item
 from kudos.errors import ConfigError
-from kudos.experiment import EnvConfig
+from kudos.rl.experiment import EnvConfig
 
 
 @pytest.fixture

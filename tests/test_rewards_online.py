@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from kudos.errors import ConfigError, KudosError
-from kudos.experiment import load_config
+from kudos.rl.experiment import load_config
 from kudos.feedback.config import LLMConfig
 from kudos.rewards.online import IntrinsicReward, RewardConfig
 from kudos.rewards.shaping import ShapingConfig

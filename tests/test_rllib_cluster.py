@@ -25,7 +25,7 @@ import ray  # noqa: E402
 from test_llm_http import FaultyLLMServer  # noqa: E402  (its proxy counts every prompt)
 from test_store import _fresh_postgres_db, postgres_url  # noqa: E402,F401  (the throwaway PostgreSQL server)
 
-from kudos.experiment import load_config  # noqa: E402
+from kudos.rl.experiment import load_config  # noqa: E402
 from kudos.feedback.model_files import MODEL_ID  # noqa: E402
 from kudos.feedback.store import open_store  # noqa: E402
 from kudos.integrations.rllib import KudosAPPO, appo_config, env_steps_trained, on_connector  # noqa: E402

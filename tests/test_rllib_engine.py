@@ -8,7 +8,7 @@ import importlib.util
 import pytest
 
 from kudos.errors import KudosError
-from kudos.experiment import load_config
+from kudos.rl.experiment import load_config
 from kudos.integrations import RAY_INSTALL, require_ray
 from kudos.commands.rllib import add_engine_arguments, run_engine
 

@@ -14,7 +14,7 @@ import torch
 from nle import nethack
 
 from kudos.envs import TASKS, TaskRules, TaskSpec, Transition, register_task
-from kudos.experiment import load_config, resume_config
+from kudos.rl.experiment import load_config, resume_config
 from kudos.rl.checkpoint import load_checkpoint
 from kudos.rl.runner import Trainer
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from kudos.eval.scalars import read_scalars
-from kudos.experiment import load_config
+from kudos.rl.experiment import load_config
 from kudos.feedback.store import open_store
 from kudos.rl.runner import Trainer
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from kudos.envs import EndStatus, make_env
 from kudos.eval.scalars import read_scalars
-from kudos.experiment import load_config
+from kudos.rl.experiment import load_config
 from kudos.rl.runner import Trainer, record_revision
 
 

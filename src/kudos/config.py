@@ -1,6 +1,6 @@
 """Typed configuration machinery: a tree of dataclasses loaded from YAML with CLI overrides.
 
-The tree itself (:class:`kudos.experiment.KudosConfig`) lives above the components whose
+The tree itself (:class:`kudos.rl.experiment.KudosConfig`) lives above the components whose
 sections it holds; this module knows none of them. A config file mirrors the dataclass tree::
 
     env:

@@ -104,7 +104,7 @@ def _table(progress: Any, figures: dict[str, float], total: int) -> Table:
 
 def run_train(args: argparse.Namespace) -> int:
     from kudos.config import dump_config
-    from kudos.experiment import load_config, resume_config
+    from kudos.rl.experiment import load_config, resume_config
     from kudos.rl.runner import Trainer
     from kudos.rl.runstats import warning_lines
 

@@ -25,7 +25,7 @@ from kudos.config import canonical_key
 from kudos.errors import KudosError
 from kudos.eval.plots import panel_chart
 from kudos.eval.scalars import read_scalars
-from kudos.experiment import ALIASES, CONFIG_NAME
+from kudos.rl.experiment import ALIASES, CONFIG_NAME
 
 log = logging.getLogger(__name__)
 

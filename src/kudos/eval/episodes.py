@@ -245,11 +245,11 @@ def evaluate_run(
     Raises:
         CheckpointError: no checkpoint, or a corrupt one, in ``run_dir``.
     """
-    from kudos.experiment import load_config
+    from kudos.rl.experiment import load_config
     from kudos.envs import get_task
     from kudos.errors import KudosError
     from kudos.rl.checkpoint import CheckpointError, load_checkpoint
-    from kudos.experiment import CONFIG_NAME
+    from kudos.rl.experiment import CONFIG_NAME
 
     state = load_checkpoint(run_dir)
     config_path = Path(run_dir) / CONFIG_NAME

@@ -156,10 +156,10 @@ def build_report(
     Raises:
         KudosError: no TensorBoard events, no or a corrupt checkpoint, a malformed recording.
     """
-    from kudos.experiment import load_config
+    from kudos.rl.experiment import load_config
     from kudos.eval.scalars import read_scalars
     from kudos.rl.checkpoint import load_checkpoint
-    from kudos.experiment import CONFIG_NAME
+    from kudos.rl.experiment import CONFIG_NAME
     from kudos.rl.runstats import diagnose, disagreement
 
     started = time.perf_counter()

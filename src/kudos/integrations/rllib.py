@@ -49,7 +49,7 @@ from ray.rllib.core.rl_module.torch import TorchRLModule
 
 from kudos.envs import get_task, make_env
 from kudos.errors import ConfigError
-from kudos.experiment import KudosConfig
+from kudos.rl.experiment import KudosConfig
 from kudos.feedback.config import LLMConfig
 from kudos.rewards.base import RewardModel
 from kudos.rewards.ensemble import EnsembleReward
@@ -600,7 +600,7 @@ def train(config: KudosConfig, resume: bool = False, address: str | None = None,
 
     from torch.utils.tensorboard import SummaryWriter
 
-    from kudos.experiment import save_config
+    from kudos.rl.experiment import save_config
     from kudos.rl.checkpoint import CheckpointError, load_checkpoint
     from kudos.rl.runner import record_revision
 

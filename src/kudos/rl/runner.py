@@ -36,7 +36,7 @@ from kudos import STARTUP_LOG
 from kudos.config import dump_config
 from kudos.envs import get_task
 from kudos.errors import ConfigError
-from kudos.experiment import KudosConfig, save_config
+from kudos.rl.experiment import KudosConfig, save_config
 from kudos.rewards.online import IntrinsicReward
 from kudos.rewards.shaping import RewardShaper
 from kudos.rl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
