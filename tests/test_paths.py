@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from kudos.feedback.embedded import default_cache_dir
+from kudos.feedback.model_files import default_cache_dir
 from kudos.feedback.store import default_store_path
 from kudos.paths import cache_dir
 
