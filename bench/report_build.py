@@ -33,7 +33,7 @@ from kudos.eval.episodes import RandomPolicy, run_episodes
 from kudos.eval.report import build_report
 from kudos.rl.experiment import load_config, save_config
 from kudos.feedback.store import LabelRecord, open_store
-from kudos.rewards.online import scoring_model
+from kudos.rewards.intrinsic import scoring_model
 from kudos.rl.checkpoint import save_checkpoint
 from kudos.rl.runstats import RunStats
 

@@ -35,12 +35,12 @@ from kudos.rewards import (
     CaptionLabel,
     ClassifierReward,
     LabelQueue,
-    OnlineRewardTrainer,
+    RewardModelTrainer,
     PairLabel,
     RankerReward,
     RetrievalReward,
     RewardModel,
-    TrainerConfig,
+    RewardModelTrainerConfig,
 )
 
 
@@ -136,13 +136,13 @@ def main() -> None:
           f"GIL switch interval {1000 * args.switch_interval:g} ms):")
     rollouts = batches[:n]
     for name, config in (
-        ("default warm-up pace", TrainerConfig(warmup_labels=len(labels) + 1)),
-        ("default steady pace", TrainerConfig(warmup_labels=0)),
-        ("fast pace", TrainerConfig(warmup_labels=0, steady_steps_per_s=20.0)),
+        ("default warm-up pace", RewardModelTrainerConfig(warmup_labels=len(labels) + 1)),
+        ("default steady pace", RewardModelTrainerConfig(warmup_labels=0)),
+        ("fast pace", RewardModelTrainerConfig(warmup_labels=0, steady_steps_per_s=20.0)),
     ):
         # warmup_labels above the label count keeps the trainer at its warm-up pace throughout.
         pace = config.warmup_steps_per_s if config.warmup_labels else config.steady_steps_per_s
-        trainer = OnlineRewardTrainer(classifier, LabelQueue(labels), config)
+        trainer = RewardModelTrainer(classifier, LabelQueue(labels), config)
         without, with_trainer = [], []
         steps, version = classifier.steps, classifier.version
         for _ in range(args.windows):

@@ -46,11 +46,11 @@ def window_rate(samples: list[tuple[float, float]], warmup: float) -> tuple[floa
 
 
 def child_kudos(args: argparse.Namespace) -> dict[str, Any]:
-    """Runs kudos's Trainer until ``warmup + seconds`` after its first update; figures as a dict."""
+    """Runs kudos's TrainingRun until ``warmup + seconds`` after its first update; figures as a dict."""
     import time
 
     from kudos.rl.experiment import load_config
-    from kudos.rl.runner import Trainer
+    from kudos.rl.runner import TrainingRun
 
     with tempfile.TemporaryDirectory() as tmp:
         overrides = [
@@ -63,7 +63,7 @@ def child_kudos(args: argparse.Namespace) -> dict[str, Any]:
         steps: list[tuple[float, float]] = []
         labels: list[tuple[float, float]] = []
         first: list[float] = []
-        trainer: Trainer
+        trainer: TrainingRun
 
         def on_progress(progress: Any, figures: dict[str, float]) -> None:
             now = time.monotonic()
@@ -74,7 +74,7 @@ def child_kudos(args: argparse.Namespace) -> dict[str, Any]:
             if now - first[0] >= args.warmup + args.seconds:
                 trainer.config.run.steps = progress.env_steps  # ends the training loop cleanly
 
-        trainer = Trainer(config, on_progress=on_progress)
+        trainer = TrainingRun(config, on_progress=on_progress)
         num_params = sum(p.numel() for p in trainer.policy.parameters())
         trainer.train()
     rate, seconds = window_rate(steps, args.warmup)

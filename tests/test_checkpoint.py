@@ -79,7 +79,7 @@ def test_every_component_state_survives_weights_only_loading(tmp_path):
     datasets, reward trainer, annotator backlog, RNG states, counters) go through save_checkpoint
     and load_checkpoint (weights_only=True) and restore equal components."""
     from kudos.envs import NUM_ACTIONS
-    from kudos.rewards import CaptionLabel, ClassifierReward, LabelQueue, OnlineRewardTrainer, PairLabel, RankerReward, RetrievalReward
+    from kudos.rewards import CaptionLabel, ClassifierReward, LabelQueue, RewardModelTrainer, PairLabel, RankerReward, RetrievalReward
     from kudos.rewards.shaping import NormalizerConfig, RewardShaper, ShapingConfig
     from kudos.rl.appo import APPOConfig
     from kudos.rl.learner import Learner
@@ -96,7 +96,7 @@ def test_every_component_state_survives_weights_only_loading(tmp_path):
     ranker(["a", "b", "c"])  # moves its running statistics
     retrieval = RetrievalReward()
     retrieval.fit([CaptionLabel("You find a gem.", 1.0)])
-    trainer = OnlineRewardTrainer(ClassifierReward(), LabelQueue())
+    trainer = RewardModelTrainer(ClassifierReward(), LabelQueue())
     annotator_backlog = {"pending": ["You kill the newt!", ["a", "b"]], "reservoir": ["c"], "reservoir_seen": 3}
     state = {
         "progress": {"env_steps": 512, "updates": 1, "episodes": 0},
@@ -119,7 +119,7 @@ def test_every_component_state_survives_weights_only_loading(tmp_path):
         np.testing.assert_array_equal(model(captions), original(captions))
     assert loaded["reward"]["classifier"]["dataset"]["texts"] == state["reward"]["classifier"]["dataset"]["texts"]
     assert loaded["reward"]["annotator"] == annotator_backlog
-    OnlineRewardTrainer(ClassifierReward(), LabelQueue()).load_state_dict(loaded["reward"]["trainer"])
+    RewardModelTrainer(ClassifierReward(), LabelQueue()).load_state_dict(loaded["reward"]["trainer"])
     set_rng_state(loaded["rng"])
 
 
@@ -127,14 +127,14 @@ def test_a_train_run_resumes_from_its_checkpoint(tmp_path):
     """The runner's own state (counters, learner, shaper, RNG states) goes through weights_only
     loading, and the resumed run carries on from the checkpointed counters."""
     from kudos.rl.experiment import load_config
-    from kudos.rl.runner import Trainer
+    from kudos.rl.runner import TrainingRun
 
     overrides = ["reward.type=none", "env.num_envs=4", "env.num_workers=1", "appo.rollout=16", "run.log_every_s=60",
                  f"run.output_dir={tmp_path / 'run'}"]
-    first = Trainer(load_config(overrides=[*overrides, "run.steps=128"]))
+    first = TrainingRun(load_config(overrides=[*overrides, "run.steps=128"]))
     first.train()
     saved = load_checkpoint(tmp_path / "run")
-    resumed = Trainer(load_config(overrides=[*overrides, "run.steps=256"]), resume=True)
+    resumed = TrainingRun(load_config(overrides=[*overrides, "run.steps=256"]), resume=True)
     assert resumed.progress.updates == saved["progress"]["updates"] == 2
     for name, weights in resumed.learner.policy.state_dict().items():
         assert torch.equal(weights, saved["learner"]["policy"][name]), name

@@ -118,11 +118,11 @@ def test_diagnostics_thresholds_are_a_config_section():
 def test_training_records_run_statistics_in_the_checkpoint(tmp_path):
     from kudos.eval.scalars import read_scalars
     from kudos.rl.checkpoint import load_checkpoint
-    from kudos.rl.runner import Trainer
+    from kudos.rl.runner import TrainingRun
 
     config = load_config(None, ["reward.type=none", "env.num_envs=4", "env.num_workers=2", "appo.rollout=16",
                                 "run.steps=128", "env.max_episode_steps=20", f"run.output_dir={tmp_path}"])
-    Trainer(config).train()
+    TrainingRun(config).train()
     stats = load_checkpoint(tmp_path)["run_stats"]
     assert stats["captions"] and len(stats["seen"]) == len(stats["captions"])
     seen, episodes = np.asarray(stats["seen"]), np.asarray(stats["episodes"])

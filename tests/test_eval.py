@@ -12,7 +12,7 @@ from kudos.rl.experiment import load_config
 from kudos.eval.episodes import evaluate_run
 from kudos.rl.experiment import load_config, save_config
 from kudos.rl.checkpoint import CheckpointError
-from kudos.rl.runner import Trainer
+from kudos.rl.runner import TrainingRun
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("eval")
     config = load_config(None, ["reward.type=none", "env.num_envs=4", "env.num_workers=2", "appo.rollout=16",
                                 "run.steps=64", f"run.output_dir={root / 'run'}"])
-    Trainer(config).train()
+    TrainingRun(config).train()
     return root / "run"
 
 

@@ -17,7 +17,7 @@ FIDELITY = Path(__file__).resolve().parents[1] / "docs" / "fidelity.md"
 #: `key = value` in the doc's tables: a dotted key and a Python literal.
 _SETTING = re.compile(r"`([a-z]\w*(?:\.\w+)+) = ([^`]+)`")
 #: The roots whose whole default tree the doc must cover: `kudos train`'s config (the library's
-#: TrainerConfig and AnnotatorConfig are in it, as reward.trainer and llm.annotator) and the
+#: RewardModelTrainerConfig and AnnotatorConfig are in it, as reward.trainer and llm.annotator) and the
 #: library's ShapingConfig, whose c_ext differs from a run's.
 ROOTS = {"": KudosConfig(), "shaping.": ShapingConfig()}
 

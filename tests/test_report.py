@@ -12,7 +12,7 @@ import pytest
 
 from kudos.commands.main import main
 from kudos.envs import get_task
-from kudos.rewards.online import RewardConfig, scoring_model
+from kudos.rewards.intrinsic import RewardConfig, scoring_model
 from kudos.feedback.store import open_store
 from kudos.rl.checkpoint import load_checkpoint
 

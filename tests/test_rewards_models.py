@@ -19,7 +19,7 @@ from kudos.rewards import (
     FrozenModelError,
     LabelError,
     LabelQueue,
-    OnlineRewardTrainer,
+    RewardModelTrainer,
     PairLabel,
     RankerConfig,
     RankerReward,
@@ -302,7 +302,7 @@ def test_offline_motif_is_trained_once_and_frozen():
     with pytest.raises(FrozenModelError):
         model.fit(_pairs(range(10)))
     with pytest.raises(FrozenModelError):
-        OnlineRewardTrainer(model, LabelQueue())
+        RewardModelTrainer(model, LabelQueue())
     with pytest.raises(KudosError, match="annotate"):
         train_offline_motif([])
 
@@ -405,7 +405,7 @@ def test_malformed_labels_are_rejected():
 def test_a_checkpointed_model_scores_the_same_offline(kind):
     """`scoring_model` (what `kudos report` loads a checkpoint into) rebuilds the trained model
     from its state alone: same rewards, with no LLM, store or trainer."""
-    from kudos.rewards.online import RewardConfig, scoring_model
+    from kudos.rewards.intrinsic import RewardConfig, scoring_model
 
     config = RewardConfig(type=kind)
     trained = scoring_model(config, "score")

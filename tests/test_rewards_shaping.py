@@ -93,7 +93,7 @@ def test_library_wrapper_and_train_shaping_defaults_are_onis():
     library, the Gymnasium wrapper and `kudos train` must agree, so a +50 goal counts 10 before
     c_ext in all three."""
     from kudos.envs import get_task
-    from kudos.rewards.online import RewardConfig
+    from kudos.rewards.intrinsic import RewardConfig
     from kudos.rewards.wrapper import IntrinsicRewardWrapper
 
     import gymnasium as gym

@@ -20,12 +20,12 @@ from kudos.rewards import (
     ClassifierConfig,
     ClassifierReward,
     LabelQueue,
-    OnlineRewardTrainer,
+    RewardModelTrainer,
     PairLabel,
     RankerReward,
     RetrievalReward,
     StoreLabelSource,
-    TrainerConfig,
+    RewardModelTrainerConfig,
     follow_annotator,
 )
 from kudos.rewards.sources import record_to_label
@@ -52,9 +52,9 @@ FAST = dict(warmup_steps_per_s=1000.0, steady_steps_per_s=1000.0, publish_every=
 def test_trainer_learns_in_background_while_scoring_continues(tmp_path):
     queue = LabelQueue()
     model = ClassifierReward(ClassifierConfig(seed=0))
-    config = TrainerConfig(**FAST, poll_interval_s=0.05, checkpoint_path=str(tmp_path / "rm.pt"))
+    config = RewardModelTrainerConfig(**FAST, poll_interval_s=0.05, checkpoint_path=str(tmp_path / "rm.pt"))
     probe = ["You kill the 1000 newt!", "You see 1001 walls."]
-    with OnlineRewardTrainer(model, queue, config) as trainer:
+    with RewardModelTrainer(model, queue, config) as trainer:
         assert model(probe).shape == (2,)  # scoring works before any label
         queue.put(_labels(range(300)))
         trainer.notify()
@@ -72,7 +72,7 @@ def test_trainer_learns_in_background_while_scoring_continues(tmp_path):
     assert good > 0.5 > bad
     assert [p.name for p in tmp_path.glob("*rm.pt*")] == ["rm.pt"]  # no temp file left beside it
 
-    resumed = OnlineRewardTrainer(ClassifierReward(ClassifierConfig(seed=99)), LabelQueue(), config)
+    resumed = RewardModelTrainer(ClassifierReward(ClassifierConfig(seed=99)), LabelQueue(), config)
     resumed.resume(tmp_path / "rm.pt")
     assert resumed.cursor == 300 and resumed.metrics.steps == model.steps
     np.testing.assert_array_equal(resumed.model(probe), model(probe))
@@ -81,20 +81,20 @@ def test_trainer_learns_in_background_while_scoring_continues(tmp_path):
 def test_trainer_paces_steps_and_waits_for_enough_labels():
     queue = LabelQueue(_labels(range(4)))
     model = ClassifierReward()
-    trainer = OnlineRewardTrainer(model, queue, TrainerConfig(min_labels=8))
+    trainer = RewardModelTrainer(model, queue, RewardModelTrainerConfig(min_labels=8))
     trainer.ingest()
     assert not trainer.step() and model.steps == 0  # 4 labels (some held out) < min_labels
     queue.put(_labels(range(4, 40)))
     assert trainer.ingest() == 36 and trainer.cursor == 40
     assert trainer.step() and model.steps == 1
-    paced = TrainerConfig(warmup_steps_per_s=5.0, warmup_labels=10**6, poll_interval_s=0.05)
-    slow = OnlineRewardTrainer(model, queue, paced)
+    paced = RewardModelTrainerConfig(warmup_steps_per_s=5.0, warmup_labels=10**6, poll_interval_s=0.05)
+    slow = RewardModelTrainer(model, queue, paced)
     with slow:
         time.sleep(1.0)
     assert 1 <= model.steps - 1 <= 6  # at most 5 steps per second (one at the start)
 
 
-class CountingTrainer(OnlineRewardTrainer):
+class CountingTrainer(RewardModelTrainer):
     """Counts its reads and step attempts (to show what the thread does while it waits)."""
 
     reads = 0
@@ -115,7 +115,7 @@ def test_a_trainer_with_nothing_to_train_sleeps_until_the_next_read(model):
     not train by steps, the thread asks whether it can step once per read, not in a loop that
     holds the GIL and slows the whole run."""
     queue = LabelQueue(_labels(range(4)))
-    trainer = CountingTrainer(model, queue, TrainerConfig(min_labels=8, poll_interval_s=0.1))
+    trainer = CountingTrainer(model, queue, RewardModelTrainerConfig(min_labels=8, poll_interval_s=0.1))
     with trainer:
         time.sleep(1.0)
     assert trainer.reads >= 2 and trainer.attempts <= trainer.reads + 1
@@ -143,7 +143,7 @@ def test_state_dict_is_copied_between_training_steps():
 
     model = SlowOptimizerStep(ClassifierConfig(seed=0))
     queue = LabelQueue(_labels(range(200)))
-    with OnlineRewardTrainer(model, queue, TrainerConfig(**FAST, poll_interval_s=0.05)) as trainer:
+    with RewardModelTrainer(model, queue, RewardModelTrainerConfig(**FAST, poll_interval_s=0.05)) as trainer:
         _wait_for(lambda: model.steps >= 3)
         states = [trainer.state_dict() for _ in range(30)]
     for state in states:
@@ -154,7 +154,7 @@ def test_state_dict_is_copied_between_training_steps():
 def test_notify_wakes_the_trainer_before_its_poll_interval():
     queue = LabelQueue()
     model = RetrievalReward()
-    with OnlineRewardTrainer(model, queue, TrainerConfig(poll_interval_s=3600.0)) as trainer:
+    with RewardModelTrainer(model, queue, RewardModelTrainerConfig(poll_interval_s=3600.0)) as trainer:
         time.sleep(0.1)  # the first read happened; the next poll is an hour away
         queue.put([CaptionLabel("You find a gem.", 1.0)])
         trainer.notify()
@@ -178,7 +178,7 @@ class FaultyLabelSource:
 def test_source_faults_are_counted_and_training_goes_on():
     model = RetrievalReward()
     source = FaultyLabelSource(2, [CaptionLabel("You find a gem.", 1.0)])
-    with OnlineRewardTrainer(model, source, TrainerConfig(poll_interval_s=0.02)) as trainer:
+    with RewardModelTrainer(model, source, RewardModelTrainerConfig(poll_interval_s=0.02)) as trainer:
         _wait_for(lambda: trainer.metrics.labels == 1, timeout=10.0)
     assert trainer.metrics.errors == 2 and "unreachable" in trainer.metrics.last_error
     assert model(["You find a gem."])[0] == 1.0
@@ -188,9 +188,9 @@ def test_trainer_refuses_models_that_do_not_learn():
     from kudos.rewards import EnsembleReward
 
     with pytest.raises(ConfigError):
-        OnlineRewardTrainer(EnsembleReward([RetrievalReward(), RetrievalReward()]), LabelQueue())
+        RewardModelTrainer(EnsembleReward([RetrievalReward(), RetrievalReward()]), LabelQueue())
     with pytest.raises(ConfigError):
-        TrainerConfig(steady_steps_per_s=0.0)
+        RewardModelTrainerConfig(steady_steps_per_s=0.0)
 
 
 # --- label store ---------------------------------------------------------------------------------
@@ -252,7 +252,7 @@ def test_follow_annotator_trains_from_a_real_annotator_after_llm_faults(tmp_path
     with open_store(tmp_path / "labels.sqlite") as store:
         annotator = Annotator(FaultyLLMBackend(down_calls=2), store, template, AnnotatorConfig(backoff_s=0.01))
         model = RetrievalReward()
-        trainer = follow_annotator(model, annotator, TrainerConfig(poll_interval_s=3600.0))
+        trainer = follow_annotator(model, annotator, RewardModelTrainerConfig(poll_interval_s=3600.0))
         with annotator.start(), trainer:
             captions = ["You find a gem.", "It's a wall.", "You see a gem here."]
             assert model(captions).tolist() == [0.0, 0.0, 0.0]

@@ -29,7 +29,7 @@ from kudos.rl.experiment import load_config  # noqa: E402
 from kudos.feedback.model_files import MODEL_ID  # noqa: E402
 from kudos.feedback.store import open_store  # noqa: E402
 from kudos.integrations.rllib import KudosAPPO, appo_config, env_steps_trained, on_connector  # noqa: E402
-from kudos.rewards.trainer import TrainerConfig  # noqa: E402
+from kudos.rewards.trainer import RewardModelTrainerConfig  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from stand_in_llm import StandInLLM  # noqa: E402  (the stand-in server, shared with the benches)
@@ -74,7 +74,7 @@ def test_kudos_appo_labels_snapshots_checkpoints_and_survives_kills(cluster: Non
         "reward.type=classification", f"llm.backend={counting_llm.url}", f"llm.store={store}", "env.num_envs=2",
         "env.max_episode_steps=40", "appo.rollout=16", "appo.recurrence=16", "reward.shaping.intrinsic.normalize=true",
     ])
-    trainer = TrainerConfig(min_labels=4, warmup_steps_per_s=20.0, publish_every=2, poll_interval_s=0.5)
+    trainer = RewardModelTrainerConfig(min_labels=4, warmup_steps_per_s=20.0, publish_every=2, poll_interval_s=0.5)
     rllib_config = appo_config(config, num_env_runners=2, envs_per_runner=1, trainer=trainer).reporting(
         min_time_s_per_iteration=2)
     algo = rllib_config.build_algo()

@@ -16,7 +16,7 @@ from nle import nethack
 from kudos.envs import TASKS, TaskRules, TaskSpec, Transition, register_task
 from kudos.rl.experiment import load_config, resume_config
 from kudos.rl.checkpoint import load_checkpoint
-from kudos.rl.runner import Trainer
+from kudos.rl.runner import TrainingRun
 
 
 class TimeAdvancesRules(TaskRules):
@@ -58,7 +58,7 @@ def test_the_agent_learns_a_small_real_task(tmp_path):
         "appo.learning_rate=0.001", "appo.entropy_coef=0.0", "appo.gamma=0.9",
     )
     seen: list[float] = []
-    trainer = Trainer(config, on_progress=lambda p, f: seen.append(f["reward/extrinsic_per_step"]))
+    trainer = TrainingRun(config, on_progress=lambda p, f: seen.append(f["reward/extrinsic_per_step"]))
     progress = trainer.train()
     assert progress.env_steps == 24576
     # An untrained (near-uniform) policy advances time on about 40% of its steps; each figure is
@@ -69,7 +69,7 @@ def test_the_agent_learns_a_small_real_task(tmp_path):
 
 def test_checkpoint_and_outputs(tmp_path):
     config = small_config(tmp_path, "reward.type=none", "run.steps=256")
-    progress = Trainer(config).train()
+    progress = TrainingRun(config).train()
     run = tmp_path / "run"
     assert (run / "config.yaml").is_file() and any((run / "tensorboard").iterdir())
     state = load_checkpoint(run)
@@ -137,7 +137,7 @@ def test_resume_after_sigkill_restores_the_checkpoint_exactly(tmp_path):
     assert len(state["reward"]["model"]["dataset"]["texts"]) > 0
 
     config = resume_config(run, ["env.num_workers=1", "appo.rollout=16", f"llm.store={store}"])
-    resumed_trainer = Trainer(config, resume=True)
+    resumed_trainer = TrainingRun(config, resume=True)
     try:
         restored = resumed_trainer.reward.state_dict()
         _same(restored["model"], state["reward"]["model"], "reward model")
@@ -179,7 +179,7 @@ def test_resume_errors(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2 and "cannot resume" in err and "Traceback" not in err
     config = small_config(tmp_path, "reward.type=none", "run.steps=128")
-    Trainer(config).train()
+    TrainingRun(config).train()
     (tmp_path / "run" / "checkpoint.pt").write_bytes(b"garbage")
     proc = _kudos("train", "--resume", str(tmp_path / "run"))
     _, err = proc.communicate(timeout=120)

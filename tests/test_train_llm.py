@@ -15,7 +15,7 @@ import pytest
 from kudos.eval.scalars import read_scalars
 from kudos.rl.experiment import load_config
 from kudos.feedback.store import open_store
-from kudos.rl.runner import Trainer
+from kudos.rl.runner import TrainingRun
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ def _train(tmp_path: Path, server: str, reward: str, steps: int = 3072, *overrid
         f"llm.store={tmp_path / 'labels.sqlite'}", "llm.annotator.batch_size=4", *overrides,
     ])
     shown: list[dict[str, float]] = []
-    Trainer(config, on_progress=lambda progress, figures: shown.append(dict(figures))).train()
+    TrainingRun(config, on_progress=lambda progress, figures: shown.append(dict(figures))).train()
     return shown
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from kudos.envs import EndStatus, make_env
 from kudos.eval.scalars import read_scalars
 from kudos.rl.experiment import load_config
-from kudos.rl.runner import Trainer, record_revision
+from kudos.rl.runner import TrainingRun, record_revision
 
 
 def test_minihack_run_records_episode_figures_and_commit(tmp_path):
@@ -23,7 +23,7 @@ def test_minihack_run_records_episode_figures_and_commit(tmp_path):
             "appo.rollout=16", "run.steps=2048", f"run.output_dir={tmp_path / 'run'}", "run.log_every_s=0.2",
         ],
     )
-    trainer = Trainer(config)
+    trainer = TrainingRun(config)
     assert trainer.policy.actor.out_features == 10  # 8 moves, pickup, apply
     trainer.train()
     scalars = read_scalars(tmp_path / "run")

@@ -34,7 +34,7 @@ from kudos.rewards import (
     ClassifierReward,
     IntrinsicRewardWrapper,
     ShapingConfig,
-    TrainerConfig,
+    RewardModelTrainerConfig,
     follow_annotator,
 )
 
@@ -98,7 +98,7 @@ def main() -> None:
 
             store = stack.enter_context(open_store(Path(tempfile.mkdtemp()) / "labels.sqlite"))
             annotator = stack.enter_context(Annotator(make_backend("embedded"), store, PromptTemplate(kind="classify")))
-            stack.enter_context(follow_annotator(model, annotator, TrainerConfig(min_labels=16)))
+            stack.enter_context(follow_annotator(model, annotator, RewardModelTrainerConfig(min_labels=16)))
             submit = annotator.submit
         else:
             text = gzip.decompress(LABELS.read_bytes()).decode("utf-8")

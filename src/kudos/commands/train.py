@@ -105,7 +105,7 @@ def _table(progress: Any, figures: dict[str, float], total: int) -> Table:
 def run_train(args: argparse.Namespace) -> int:
     from kudos.config import dump_config
     from kudos.rl.experiment import load_config, resume_config
-    from kudos.rl.runner import Trainer
+    from kudos.rl.runner import TrainingRun
     from kudos.rl.runstats import warning_lines
 
     if args.resume and args.config:
@@ -152,7 +152,7 @@ def run_train(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
-    trainer = Trainer(config, resume=bool(args.resume), on_progress=show)
+    trainer = TrainingRun(config, resume=bool(args.resume), on_progress=show)
     if live is not None:
         live.start()
     try:

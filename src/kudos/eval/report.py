@@ -247,7 +247,7 @@ def _final_rewards(config: Any, state: dict[str, Any], captions: list[str], limi
     """The checkpointed reward model's raw reward for the first ``limit`` of ``captions`` (the
     most seen; None for the rest and for runs without an intrinsic reward)."""
     from kudos.envs import get_task
-    from kudos.rewards.online import scoring_model
+    from kudos.rewards.intrinsic import scoring_model
 
     if config.reward.type == "none" or not state.get("reward") or not captions:
         return [None] * len(captions)

@@ -8,7 +8,7 @@ Who does what in an RLlib run (:func:`appo_config` builds the config, :class:`Ku
   each training batch's captions with the newest reward-model snapshot it holds, replaces the
   episodes' rewards by kudos's shaped reward and submits the captions for labelling;
 - :class:`RewardService`, one Ray actor per run, owns kudos's
-  :class:`~kudos.rewards.online.IntrinsicReward` (annotator, label store, reward-model trainer)
+  :class:`~kudos.rewards.intrinsic.IntrinsicReward` (annotator, label store, reward-model trainer)
   and hands out versioned, scoring-only snapshots of the reward model through the object store.
 
 Nothing on the training path waits for the LLM or the service: a connector asks for a newer
@@ -54,10 +54,10 @@ from kudos.feedback.config import LLMConfig
 from kudos.rewards.base import RewardModel
 from kudos.rewards.ensemble import EnsembleReward
 from kudos.rewards.learned import LearnedRewardModel
-from kudos.rewards.online import IntrinsicReward, RewardConfig
+from kudos.rewards.intrinsic import IntrinsicReward, RewardConfig
 from kudos.rewards.retrieval import RetrievalReward
 from kudos.rewards.shaping import RewardShaper, ShapingConfig
-from kudos.rewards.trainer import TrainerConfig
+from kudos.rewards.trainer import RewardModelTrainerConfig
 from kudos.rewards.wrapper import intrinsic_rewards
 from kudos.rl.policy import POLICY_OBSERVATION_KEYS, NetHackPolicy, PolicyConfig
 from kudos.rl.runstats import DiagnosticsConfig, RunStats
@@ -200,7 +200,7 @@ class RewardService:
     its own ``epoch`` id, so a connector notices a restarted service and takes its snapshot.
     """
 
-    def __init__(self, reward: RewardConfig, llm: LLMConfig, goal: str, trainer: TrainerConfig | None = None,
+    def __init__(self, reward: RewardConfig, llm: LLMConfig, goal: str, trainer: RewardModelTrainerConfig | None = None,
                  state: list[Any] | None = None, diagnostics: DiagnosticsConfig | None = None) -> None:
         self.reward = IntrinsicReward(reward, llm, goal, trainer)
         if state:
@@ -478,7 +478,7 @@ class KudosAPPO(APPO):
 
 
 def appo_config(config: KudosConfig, num_env_runners: int = 2, envs_per_runner: int | None = None,
-                trainer: TrainerConfig | None = None) -> RLlibAPPOConfig:
+                trainer: RewardModelTrainerConfig | None = None) -> RLlibAPPOConfig:
     """RLlib's APPO config for a kudos run: kudos's task env, policy, reward and APPO settings.
 
     ``num_env_runners`` env-runner actors step ``envs_per_runner`` envs each (default: the run's

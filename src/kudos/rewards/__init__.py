@@ -10,7 +10,7 @@ from kudos.rewards.ranker import RankerConfig, RankerReward, bradley_terry_loss
 from kudos.rewards.retrieval import RetrievalReward
 from kudos.rewards.shaping import NormalizerConfig, RewardShaper, ShapingConfig
 from kudos.rewards.sources import LabelQueue, LabelSource, StoreLabelSource
-from kudos.rewards.trainer import OnlineRewardTrainer, TrainerConfig, TrainerMetrics, follow_annotator
+from kudos.rewards.trainer import RewardModelTrainer, RewardModelTrainerConfig, RewardModelTrainerMetrics, follow_annotator
 from kudos.rewards.wrapper import CaptionFn, IntrinsicRewardWrapper, shaped_rewards
 
 __all__ = [
@@ -37,10 +37,10 @@ __all__ = [
     "RewardModel",
     "RewardShaper",
     "ShapingConfig",
-    "OnlineRewardTrainer",
+    "RewardModelTrainer",
     "StoreLabelSource",
-    "TrainerConfig",
-    "TrainerMetrics",
+    "RewardModelTrainerConfig",
+    "RewardModelTrainerMetrics",
     "bradley_terry_loss",
     "follow_annotator",
     "shaped_rewards",

@@ -168,7 +168,7 @@ class ShapingConfig:
     scaled by 1 and clipped at +-10 before ``c_ext`` (so a +50 goal counts 10), ``c_int`` = 0.4,
     ``beta`` = 3; ``c_ext`` = 1 is ONI's argparse default (its runs use 0.1 on Score, 10 on the
     goal tasks: ``kudos.envs.TaskSpec.extrinsic_coef``; None in a run's ``reward.shaping`` takes
-    the task's, :meth:`kudos.rewards.online.RewardConfig.shaping_for`; the shaper needs a number). ``episode_cap``: the most intrinsic
+    the task's, :meth:`kudos.rewards.intrinsic.RewardConfig.shaping_for`; the shaper needs a number). ``episode_cap``: the most intrinsic
     reward (after coefficients) one episode may collect; None for no cap. ``intrinsic``: the
     ``shape`` applied to model outputs.
     """

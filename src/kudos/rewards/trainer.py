@@ -8,7 +8,7 @@ Scoring (in the RL loop) keeps using the last published weights and never waits 
 
 Models that do not train by steps (retrieval) are fitted as soon as labels arrive.
 
-:attr:`OnlineRewardTrainer.lock` is held for each round of work (read, step, checkpoint), so a
+:attr:`RewardModelTrainer.lock` is held for each round of work (read, step, checkpoint), so a
 caller that holds it (a run's checkpoint) copies the model, its optimiser and its label dataset
 between two steps, never in the middle of one. A model that fails to train (e.g. a checkpoint
 whose optimiser does not match the network) is counted in ``metrics.errors`` and logged as an
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class TrainerConfig:
+class RewardModelTrainerConfig:
     """Pace and bookkeeping of the online trainer.
 
     ``min_labels``: training labels needed before the first step. While fewer than
@@ -77,8 +77,8 @@ class TrainerConfig:
 
 
 @dataclass
-class TrainerMetrics:
-    """What the trainer has done so far (a copy; see :attr:`OnlineRewardTrainer.metrics`)."""
+class RewardModelTrainerMetrics:
+    """What the trainer has done so far (a copy; see :attr:`RewardModelTrainer.metrics`)."""
 
     labels: int = 0
     steps: int = 0
@@ -91,14 +91,14 @@ class TrainerMetrics:
     last_error: str | None = None
 
 
-class OnlineRewardTrainer:
+class RewardModelTrainer:
     """Trains ``model`` from ``source`` in a background thread (see the module docstring).
 
     Use as a context manager, or call :meth:`start` and :meth:`close`. :meth:`notify` (e.g. an
     annotator's new-label callback) makes the trainer read the source right away.
     """
 
-    def __init__(self, model: RewardModel, source: LabelSource, config: TrainerConfig | None = None) -> None:
+    def __init__(self, model: RewardModel, source: LabelSource, config: RewardModelTrainerConfig | None = None) -> None:
         if model.learns_from is None:
             raise ConfigError(f"{type(model).__name__} does not learn from labels; there is nothing to train")
         #: The model's gradient-step side; None for a model fitted at once on each read (retrieval).
@@ -109,9 +109,9 @@ class OnlineRewardTrainer:
             )
         self.model = model
         self.source = source
-        self.config = config or TrainerConfig()
+        self.config = config or RewardModelTrainerConfig()
         self.cursor = 0
-        self._metrics = TrainerMetrics()
+        self._metrics = RewardModelTrainerMetrics()
         self._metrics_lock = threading.Lock()
         #: Held while the trainer works on the model; hold it to read a consistent state.
         self.lock = threading.RLock()
@@ -154,7 +154,7 @@ class OnlineRewardTrainer:
         self._next_read = 0.0
         self._wake.set()
 
-    def __enter__(self) -> OnlineRewardTrainer:
+    def __enter__(self) -> RewardModelTrainer:
         self.start()
         return self
 
@@ -162,9 +162,9 @@ class OnlineRewardTrainer:
         self.close()
 
     @property
-    def metrics(self) -> TrainerMetrics:
+    def metrics(self) -> RewardModelTrainerMetrics:
         with self._metrics_lock:
-            return TrainerMetrics(**asdict(self._metrics))
+            return RewardModelTrainerMetrics(**asdict(self._metrics))
 
     # --- work -----------------------------------------------------------------------------------
 
@@ -262,7 +262,7 @@ class OnlineRewardTrainer:
         self.model.load_state_dict(state["model"])
         self.cursor = int(state["cursor"])
         with self._metrics_lock:
-            self._metrics = TrainerMetrics(**state["metrics"])
+            self._metrics = RewardModelTrainerMetrics(**state["metrics"])
 
     def checkpoint(self, path: str | os.PathLike[str]) -> None:
         """Write :meth:`state_dict` to ``path`` atomically (:func:`~kudos.fsutil.atomic_write`)."""
@@ -292,8 +292,8 @@ class LabelFeed(Protocol):
 
 
 def follow_annotator(
-    model: RewardModel, annotator: LabelFeed, config: TrainerConfig | None = None, soft: bool = False
-) -> OnlineRewardTrainer:
+    model: RewardModel, annotator: LabelFeed, config: RewardModelTrainerConfig | None = None, soft: bool = False
+) -> RewardModelTrainer:
     """An (unstarted) trainer that learns ``model`` from ``annotator``'s labels.
 
     It reads the annotator's label store for the annotator's prompt and LLM (so labels stored by
@@ -308,7 +308,7 @@ def follow_annotator(
             "classification models and 'rank' annotators with ranking models"
         )
     source = StoreLabelSource(annotator.store, annotator.prompt_hash, annotator.model_id, soft=soft)
-    trainer = OnlineRewardTrainer(model, source, config)
+    trainer = RewardModelTrainer(model, source, config)
     annotator.subscribe(trainer.notify)
     return trainer
 

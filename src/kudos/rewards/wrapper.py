@@ -10,7 +10,7 @@
 
 Empty captions (``""``, a step without a message) are scored like any other caption, as in ONI;
 ``skip_empty_caption=True`` pays them 0 and does not hand them to ``on_caption``
-(:func:`intrinsic_rewards` is that one rule, shared with :class:`~kudos.rewards.online.IntrinsicReward`).
+(:func:`intrinsic_rewards` is that one rule, shared with :class:`~kudos.rewards.intrinsic.IntrinsicReward`).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from kudos import config as _config
 from kudos.errors import ConfigError
 from kudos.feedback.config import LLMConfig
 from kudos.fsutil import atomic_write
-from kudos.rewards.online import RewardConfig
+from kudos.rewards.intrinsic import RewardConfig
 from kudos.rl.appo import APPOConfig
 from kudos.rl.policy import PolicyConfig, get_policy_config
 from kudos.rl.runstats import DiagnosticsConfig

@@ -8,7 +8,7 @@ Who does what (each in its own thread or process, so nothing waits for the LLM):
 - the learner (this thread, on ``run.device``) takes one trajectory of every env, scores its
   captions with the latest reward model, submits them for labelling, shapes the rewards and runs
   one APPO update, then publishes the weights (shared memory, versioned);
-- the annotator and reward-model trainer threads (:class:`~kudos.rewards.online.IntrinsicReward`)
+- the annotator and reward-model trainer threads (:class:`~kudos.rewards.intrinsic.IntrinsicReward`)
   label captions with the LLM and fit the reward model as labels arrive.
 
 Checkpoints hold everything needed to continue (policy, optimiser, reward model, shaping
@@ -37,7 +37,7 @@ from kudos.config import dump_config
 from kudos.envs import get_task
 from kudos.errors import ConfigError
 from kudos.rl.experiment import KudosConfig, save_config
-from kudos.rewards.online import IntrinsicReward
+from kudos.rewards.intrinsic import IntrinsicReward
 from kudos.rewards.shaping import RewardShaper
 from kudos.rl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from kudos.rl.learner import Learner
@@ -119,7 +119,7 @@ def record_revision(config: KudosConfig) -> None:
     config.run.dirty = any(known) if known else None
 
 
-class Trainer:
+class TrainingRun:
     """One training run: builds every component from ``config`` and trains to ``run.steps``.
 
     Args:

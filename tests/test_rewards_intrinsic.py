@@ -9,9 +9,9 @@ import pytest
 from kudos.errors import ConfigError, KudosError
 from kudos.rl.experiment import load_config
 from kudos.feedback.config import LLMConfig
-from kudos.rewards.online import IntrinsicReward, RewardConfig
+from kudos.rewards.intrinsic import IntrinsicReward, RewardConfig
 from kudos.rewards.shaping import ShapingConfig
-from kudos.rewards.trainer import TrainerConfig
+from kudos.rewards.trainer import RewardModelTrainerConfig
 
 
 def test_reward_config_validation():
@@ -38,7 +38,7 @@ def test_labels_flow_from_the_llm_to_the_reward_model(tmp_path):
     captions = ["You kill the newt!", "It's a wall.", "You find a hidden passage.", ""]
     config = RewardConfig(type="retrieval")
     llm = LLMConfig(store=str(tmp_path / "labels.sqlite"))
-    reward = IntrinsicReward(config, llm, goal="score", trainer=TrainerConfig(min_labels=1, poll_interval_s=0.1))
+    reward = IntrinsicReward(config, llm, goal="score", trainer=RewardModelTrainerConfig(min_labels=1, poll_interval_s=0.1))
     try:
         reward.start()
         assert (reward(captions) == 0).all()  # nothing labelled yet
@@ -64,7 +64,7 @@ def test_labels_flow_from_the_llm_to_the_reward_model(tmp_path):
     assert reward.state_dict()["trainers"][0]["cursor"] == state["trainers"][0]["cursor"]
 
     # A second service on the same store asks the LLM nothing and restores the model exactly.
-    again = IntrinsicReward(config, llm, goal="score", trainer=TrainerConfig(min_labels=1, poll_interval_s=0.1))
+    again = IntrinsicReward(config, llm, goal="score", trainer=RewardModelTrainerConfig(min_labels=1, poll_interval_s=0.1))
     try:
         again.load_state_dict(state)
         again.start()

@@ -47,7 +47,7 @@ from kudos.rewards.ranker import RankerConfig, RankerReward
 from kudos.rewards.retrieval import RetrievalReward
 from kudos.rewards.shaping import ShapingConfig
 from kudos.rewards.sources import StoreLabelSource
-from kudos.rewards.trainer import OnlineRewardTrainer, TrainerConfig, follow_annotator
+from kudos.rewards.trainer import RewardModelTrainer, RewardModelTrainerConfig, follow_annotator
 from kudos.rewards.wrapper import intrinsic_rewards
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class RewardConfig:
     motif_steps: int = 2000
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     ranker: RankerConfig = field(default_factory=RankerConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    trainer: RewardModelTrainerConfig = field(default_factory=RewardModelTrainerConfig)
 
     def __post_init__(self) -> None:
         if self.type not in REWARD_TYPES:
@@ -153,7 +153,7 @@ class IntrinsicReward:
     """
 
     def __init__(
-        self, config: RewardConfig, llm: LLMConfig, goal: str, trainer: TrainerConfig | None = None
+        self, config: RewardConfig, llm: LLMConfig, goal: str, trainer: RewardModelTrainerConfig | None = None
     ) -> None:
         if config.type == "none":
             raise ConfigError("reward type 'none' has no intrinsic reward")
@@ -164,7 +164,7 @@ class IntrinsicReward:
         self.store: LabelStore | None = None
         self.backend: LLMBackend | None = None
         self.annotators: dict[str, Annotator] = {}
-        self.trainers: list[OnlineRewardTrainer] = []
+        self.trainers: list[RewardModelTrainer] = []
         self._closed = False
         try:
             members = [self._build(t) for t in config.kinds]
