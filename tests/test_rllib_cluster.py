@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 pytest.importorskip("ray.rllib", reason="Ray RLlib is not installed: pip install 'kudos[ray]'")
 
@@ -25,11 +27,11 @@ import ray  # noqa: E402
 from test_llm_http import FaultyLLMServer  # noqa: E402  (its proxy counts every prompt)
 from test_store import _fresh_postgres_db, postgres_url  # noqa: E402,F401  (the throwaway PostgreSQL server)
 
-from kudos.rl.experiment import load_config  # noqa: E402
 from kudos.feedback.model_files import MODEL_ID  # noqa: E402
 from kudos.feedback.store import open_store  # noqa: E402
 from kudos.integrations.rllib import KudosAPPO, appo_config, env_steps_trained, on_connector  # noqa: E402
 from kudos.rewards.trainer import RewardModelTrainerConfig  # noqa: E402
+from kudos.rl.experiment import load_config  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from stand_in_llm import StandInLLM  # noqa: E402  (the stand-in server, shared with the benches)
@@ -156,6 +158,11 @@ def test_kudos_train_engine_rllib_run_directory_reports_and_resumes(cluster: Non
                     "reward_service/snapshot_version"):
             assert len(scalars[key]), key
         assert any(k.startswith("llm/") for k in scalars) and any(k.startswith("reward_model/") for k in scalars)
+        events = EventAccumulator(str(output / "tensorboard"), size_guidance={"tensors": 0})
+        events.Reload()  # the resolved config in TensorBoard's text tab, as the native trainer writes it
+        (text,) = events.Tensors("config/text_summary")
+        saved = yaml.safe_load((output / "config.yaml").read_text())
+        assert yaml.safe_load(text.tensor_proto.string_val[0].decode().strip("`").removeprefix("yaml\n")) == saved
         state = load_checkpoint(output)
         assert state["progress"]["env_steps"] == trained and state["reward"]["model"]
         stats = state["run_stats"]

@@ -600,7 +600,7 @@ def train(config: KudosConfig, resume: bool = False, address: str | None = None,
 
     from torch.utils.tensorboard import SummaryWriter
 
-    from kudos.rl.experiment import save_config
+    from kudos.rl.experiment import log_config, save_config
     from kudos.rl.checkpoint import CheckpointError, load_checkpoint
     from kudos.rl.runner import record_revision
 
@@ -621,6 +621,7 @@ def train(config: KudosConfig, resume: bool = False, address: str | None = None,
             algo.restore_from_path(str(checkpoint))
             steps = load_checkpoint(output)["progress"]["env_steps"]  # written with the RLlib checkpoint
         steps_at_start = steps
+        log_config(tensorboard, config, steps)
         started = last_save = next_report = time.monotonic()
         while steps < config.run.steps:
             result = algo.train()

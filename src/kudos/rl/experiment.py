@@ -108,6 +108,12 @@ def save_config(config: KudosConfig, directory: Path) -> None:
     atomic_write(directory / CONFIG_NAME, _config.dump_config(config))  # --resume reads it
 
 
+def log_config(tensorboard: Any, config: KudosConfig, step: int) -> None:
+    """The resolved config as a YAML block in TensorBoard's text tab (tag ``config``); both
+    engines write it when a run starts or resumes."""
+    tensorboard.add_text("config", f"```yaml\n{_config.dump_config(config)}```", step)
+
+
 def resume_config(directory: str | Path, overrides: list[str]) -> KudosConfig:
     """The config a run in ``directory`` was started with, plus ``overrides`` (e.g. more steps)."""
     path = Path(directory) / CONFIG_NAME

@@ -33,10 +33,9 @@ import numpy as np
 import torch
 
 from kudos import STARTUP_LOG
-from kudos.config import dump_config
 from kudos.envs import get_task
 from kudos.errors import ConfigError
-from kudos.rl.experiment import KudosConfig, save_config
+from kudos.rl.experiment import KudosConfig, log_config, save_config
 from kudos.rewards.intrinsic import IntrinsicReward
 from kudos.rewards.shaping import RewardShaper
 from kudos.rl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -277,7 +276,7 @@ class TrainingRun:
         save_config(self.config, self.output_dir)
         self.tensorboard = SummaryWriter(str(self.output_dir / "tensorboard"))
         # The resolved tree beside the curves (TensorBoard's Text tab), as config.yaml holds it.
-        self.tensorboard.add_text("config", f"```yaml\n{dump_config(self.config)}```", self.progress.env_steps)
+        log_config(self.tensorboard, self.config, self.progress.env_steps)
         # The sampler's dispatcher thread mostly waits on worker pipes; with the default 5 ms GIL
         # switch interval a worker could wait that long for its next free slot.
         switch_interval = sys.getswitchinterval()
