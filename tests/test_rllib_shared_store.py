@@ -61,7 +61,7 @@ def _keys(store: str, table: str) -> set[bytes]:
         return {bytes(row[0]) for row in s._conn().execute(f"SELECT key FROM {table}").fetchall()}
 
 
-def test_two_kudos_appo_runs_at_once_ask_each_caption_once(address: str, store: str, tmp_path: Path) -> None:
+def test_two_kudos_appo_runs_at_once_then_a_third_ask_each_caption_once(address: str, store: str, tmp_path: Path) -> None:
     llm = StandInLLM(MODEL_ID, delay_s=0.05)
     try:
         runs = [_run(address, llm, store, tmp_path / f"run{i}", 600) for i in range(2)]
@@ -70,6 +70,11 @@ def test_two_kudos_appo_runs_at_once_ask_each_caption_once(address: str, store: 
         assert len(llm.asked) > 0
         assert llm.duplicates() == 0  # concurrent duplicate asks
         assert len(_keys(store, "labels")) == len(llm.asked)  # every ask stored once
+        # One after the other: a later run asks nothing the first two labelled (new captions only).
+        later = _run(address, llm, store, tmp_path / "later", 600)
+        output = later.communicate(timeout=DEADLINE_S)[0]
+        assert later.returncode == 0, output
+        assert llm.duplicates() == 0
     finally:
         llm.close()
 
