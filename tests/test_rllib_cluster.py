@@ -119,12 +119,12 @@ def test_kudos_appo_labels_snapshots_checkpoints_and_survives_kills(cluster: Non
                                and on_connector(restored, lambda c: c.epoch) != epoch)
         assert env_steps_trained(results[-1]) > steps + 200
         assert restored.env_runner_group.num_healthy_remote_workers() == 2  # the killed runner was replaced
-        _service(restored, lambda s: s.reward.stop())  # the restarted service's annotator stores and stops
+        _service(restored, lambda s: s.reward.close())  # the restarted service's annotator stores and stops
         with open_store(store) as s:
             stored = list(s.iter_all())
         assert sum(r.timestamp > killed_at for r in stored) > 0  # the restarted service labels
         # Across the kill, only what was in flight when the service died may have been asked again.
-        assert sum(n - 1 for n in counting_llm.asked.values()) <= config.llm.batch_size
+        assert sum(n - 1 for n in counting_llm.asked.values()) <= config.llm.annotator.batch_size
         assert len({r.caption for r in stored}) == len(stored)
         assert labelled_before_kill <= {r.caption for r in stored}  # nothing labelled was lost
     finally:
@@ -211,7 +211,7 @@ def test_every_reward_type_trains_on_rllib(cluster: None, tmp_path: Path, reward
         overrides = [f"reward.type={kind}", f"llm.backend={llm.url}", f"llm.model={MODEL_ID}", f"llm.store={store}",
                      "env.num_envs=2", "env.max_episode_steps=40", "reward.motif_steps=50"]
         if option == "episode_cap":
-            overrides.append("reward.episode_cap=0.05")
+            overrides.append("reward.shaping.episode_cap=0.05")
         config = load_config(None, overrides)
         algo = appo_config(config, num_env_runners=2, envs_per_runner=1).build_algo()
         try:
