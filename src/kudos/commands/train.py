@@ -99,7 +99,20 @@ def _table(progress: Any, figures: dict[str, float], total: int) -> Table:
     for key, label, fmt in _DISPLAY:
         if key in figures:
             table.add_row(label, fmt.format(figures[key]))
+    for component, shares in time_shares(figures).items():
+        table.add_row(f"time: {component}", shares)
     return table
+
+
+def time_shares(figures: dict[str, float]) -> dict[str, str]:
+    """Where time goes, one line per component, from the ``time/<component>/<part>`` figures:
+    ``{"workers": "env 61% · inference 25% · waiting_for_learner 9%", ...}``."""
+    lines: dict[str, list[str]] = {}
+    for key, share in figures.items():
+        if key.startswith("time/"):
+            _, component, part = key.split("/", 2)
+            lines.setdefault(component, []).append(f"{part.replace('_', ' ')} {share:.0%}")
+    return {component: " · ".join(parts) for component, parts in lines.items()}
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -151,6 +164,8 @@ def run_train(args: argparse.Namespace) -> int:
                 f"return {'n/a' if ret is None else f'{ret:.2f}'}  labels {labels:,.0f}",
                 flush=True,
             )
+            for component, shares in time_shares(figures).items():
+                print(f"  time: {component}: {shares}", flush=True)
 
     trainer = TrainingRun(config, resume=bool(args.resume), on_progress=show)
     if live is not None:

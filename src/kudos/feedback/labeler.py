@@ -55,6 +55,7 @@ class LabelCounts:
     llm_requests: int = 0  # requests sent, re-asks included
     parse_failures: int = 0  # replies with no readable label (first answers and re-asks)
     server_errors: int = 0  # generate() calls that raised LLMError (a cancelled one is no fault)
+    llm_seconds: float = 0.0  # wall time spent waiting on the backend (generate() calls)
     store_errors: int = 0
     subscriber_errors: int = 0
 
@@ -107,6 +108,7 @@ class Labeler:
         if not requests:
             return [], None
         self.stats.llm_requests += len(requests)
+        start = time.perf_counter()
         try:
             replies: list[LLMReply | None] = list(self.backend.generate(requests, cancel))
             if len(replies) != len(requests):
@@ -116,6 +118,8 @@ class Labeler:
             self.stats.server_errors += not isinstance(exc, LLMCancelled)
             partial = list(exc.replies) if len(exc.replies) == len(requests) else [None] * len(requests)
             return partial, exc
+        finally:
+            self.stats.llm_seconds += time.perf_counter() - start
 
     def _label_asked(
         self, template: PromptTemplate, items: Sequence[Item], cancel: threading.Event | None

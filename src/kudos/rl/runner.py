@@ -43,6 +43,7 @@ from kudos.rl.learner import Learner
 from kudos.rl.policy import NetHackPolicy
 from kudos.rl.runstats import RunStats
 from kudos.rl.sampler import SampleBatch, Sampler, SamplerConfig, resolve_device
+from kudos.rl.timing import Stopwatch, TimeShares
 
 log = logging.getLogger(__name__)
 startup = logging.getLogger(STARTUP_LOG)
@@ -51,6 +52,10 @@ _RECENT_EPISODES = 100
 #: Seconds between forced GIL hand-offs during a run (Python's default is 0.005), so threads that
 #: mostly wait or call torch (the sampler's dispatcher, reward-model trainer) get the GIL back soon.
 GIL_SWITCH_INTERVAL_S = 0.0005
+# Where the learner's loop spends its time (``time/learner/*``): waiting for a full batch of
+# slots, scoring and shaping the intrinsic reward, the APPO update and weight publication, and
+# the rest (run statistics, reports, checkpoints).
+LEARNER_TIME = ("waiting_for_workers", "reward", "learning", "bookkeeping")
 
 
 @dataclasses.dataclass
@@ -255,10 +260,26 @@ class TrainingRun:
         self.stats.latest = latest
         self.run_stats.record(sample.captions, sample.caption_counts, sample.dones, sample.env_rewards, r_int)
 
+    def _where_time_goes(self) -> dict[str, float]:
+        """Fractions of wall time since the last report: the learner's loop by
+        :data:`LEARNER_TIME`, the rollout workers' (:meth:`Sampler.time_shares`) and the LLM's
+        (``time/llm/busy``: answering the annotators' batches; above 1 when several ask at once)."""
+        shares = {f"time/learner/{part}": share for part, share in self._learner_time().items()}
+        shares.update(self.sampler.time_shares())
+        if self._llm_time is not None:
+            shares.update({f"time/llm/{part}": share for part, share in self._llm_time().items()})
+        return shares
+
+    def _llm_seconds(self) -> np.ndarray:
+        """Seconds every annotator has spent waiting on the LLM so far."""
+        assert self.reward is not None
+        return np.array([sum(v for k, v in self.reward.metrics().items() if k.endswith("/llm_seconds"))])
+
     def _report(self, started: float, steps_at_start: int) -> None:
         figures = self.stats.summary()
         elapsed = max(time.monotonic() - started, 1e-9)
         figures["throughput/env_steps_per_s"] = (self.progress.env_steps - steps_at_start) / elapsed
+        figures.update(self._where_time_goes())
         if self.reward is not None:
             figures.update(self.reward.metrics())
         figures.update(self.run_stats.diagnose(self.reward).figures())
@@ -284,15 +305,23 @@ class TrainingRun:
         if self.reward is not None:
             self.reward.start()
         started, steps_at_start = time.monotonic(), self.progress.env_steps
+        clock = Stopwatch(LEARNER_TIME)
+        self._learner_time = TimeShares(LEARNER_TIME, lambda: clock.seconds)
+        self._llm_time = None if self.reward is None else TimeShares(("busy",), self._llm_seconds)
+        self.sampler.time_shares()  # the workers' first share is of training, not of start-up
         next_report = started
         next_checkpoint = started + self.config.run.checkpoint_every_s
         try:
             while self.progress.env_steps < self.config.run.steps:
+                clock.lap("bookkeeping")
                 sample = self.sampler.next_batch()
+                clock.lap("waiting_for_workers")
                 rewards, r_int = self._rewards(sample)
+                clock.lap("reward")
                 batch = dataclasses.replace(sample.batch, rewards=torch.from_numpy(rewards).to(self.device))
                 update_stats = self.learner.update(batch)
                 self.sampler.publish(self.policy.state_dict(), self.learner.updates)
+                clock.lap("learning")
                 self.progress.updates = self.learner.updates
                 self.progress.env_steps += sample.num_steps
                 self._record(sample, r_int, update_stats)

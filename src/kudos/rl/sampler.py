@@ -37,9 +37,10 @@ from kudos.envs.vector import EpisodeSummary
 from kudos.errors import ConfigError
 from kudos.rl.learner import RolloutBatch
 from kudos.rl.policy import POLICY_OBSERVATION_KEYS, PolicyConfig
+from kudos.rl.timing import TimeShares
 from kudos.rl.trajectory import CaptionDecoder, SlotPool, TrajectoryBuffers, TrajectoryLayout
 from kudos.rl.weights import SharedWeights
-from kudos.rl.workers import INFERENCE_MODES, WorkerSet, WorkerSpec
+from kudos.rl.workers import INFERENCE_MODES, WORKER_TIME, WorkerSet, WorkerSpec
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +206,9 @@ class Sampler:
             task, config.envs_per_worker, config.rollout, policy_config, config.seed, config.max_episode_steps, env_options
         )
         self.workers = WorkerSet(spec, config.num_workers, self.buffers, self.weights, config.inference, device, ctx)
+        control = self.workers.control
+        self._worker_time = TimeShares(WORKER_TIME, lambda: control.seconds.sum(axis=0), config.num_workers)
+        self._policy_time = TimeShares(("busy",), lambda: control.policy_busy)
         for w in range(config.num_workers):
             self._top_up(w)
         self._thread = threading.Thread(target=self._dispatch, name="kudos-sampler", daemon=True)
@@ -370,6 +374,16 @@ class Sampler:
             "sampler/policy_worker_restarts": float(self.workers.policy_worker_restarts),
             "sampler/captions_truncated": float(self.captions_truncated),
         }
+
+    def time_shares(self) -> dict[str, float]:
+        """Where the workers' time went since the previous call: ``time/workers/<part>``, the
+        mean fraction of a rollout worker's wall time per part of :data:`WORKER_TIME` (the rest:
+        bookkeeping), and ``time/policy_worker/busy`` in policy-worker mode."""
+        shares = {f"time/workers/{part}": share for part, share in self._worker_time().items()}
+        busy = self._policy_time()
+        if self.config.inference == "policy-worker":
+            shares["time/policy_worker/busy"] = busy.get("busy", 0.0)
+        return shares
 
     def close(self) -> None:
         """Stop the dispatcher and every worker process (idempotent)."""

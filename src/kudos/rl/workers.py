@@ -57,6 +57,11 @@ _PR_SET_PDEATHSIG = 1
 # sleeping process costs about one NetHack step on a VM; spinning forever would steal the core.
 _SPIN_SECONDS = 0.0005
 _NAP_SECONDS = 0.0001
+# Where a rollout worker's time goes (columns of Control.seconds): stepping and resetting its envs;
+# choosing actions (its own inference, or waiting for the policy worker's); waiting for a free
+# slot, i.e. for the learner to take what it wrote.
+WORKER_TIME = ("env", "inference", "waiting_for_learner")
+_ENV, _ACT, _WAIT = range(len(WORKER_TIME))
 
 
 @dataclass(frozen=True)
@@ -95,7 +100,9 @@ class Control:
     Per half ``q = 2 * worker + half``: ``req_seq[q]`` is bumped when a request for row
     ``req_t[q]`` of slot ``req_slot[q]`` is posted, ``done_seq[q]`` set to it when the actions
     are written. ``core_state[q]`` ``(E/2, H)`` is the half's GRU state before its next row.
-    ``stop[0]`` non-zero tells every process to exit.
+    ``stop[0]`` non-zero tells every process to exit. ``seconds[w]`` counts worker ``w``'s time
+    (s, cumulative, by :data:`WORKER_TIME`) and ``policy_busy[0]`` the policy worker's time in
+    inference, for the display's where-time-goes figures.
     """
 
     def __init__(self, ctx: Any, num_workers: int, half: int, hidden_size: int) -> None:
@@ -106,6 +113,8 @@ class Control:
             "req_t": ((2 * num_workers,), "<i8"),
             "core_state": ((2 * num_workers, half, hidden_size), "<f4"),
             "stop": ((1,), "<i8"),
+            "seconds": ((num_workers, len(WORKER_TIME)), "<f8"),
+            "policy_busy": ((1,), "<f8"),
         }
         self._raw = {
             k: ctx.RawArray("b", int(np.prod(shape)) * np.dtype(dtype).itemsize) for k, (shape, dtype) in self._shapes.items()
@@ -354,6 +363,7 @@ def rollout_worker(
     halves = [_Half(2 * worker + i, envs[i * h : (i + 1) * h], np.arange(first_id + i * h, first_id + (i + 1) * h)) for i in range(2)]
     actor = _LocalActor(spec, weights, buffers, control) if inference == "worker" else _RemoteActor(control)
     truncated_captions = [0]
+    clock = control.seconds[worker]
     try:
         for half in halves:
             slot = _next_slot(conn, control)
@@ -370,9 +380,13 @@ def rollout_worker(
             actor.request(half.index, slot, 0)
         while not control.stop[0]:
             for half in halves:
+                start = time.perf_counter()
                 if not actor.wait(half.index):
                     return
+                acted = time.perf_counter()
                 _step_half(buffers, half, truncated_captions)
+                clock[_ACT] += acted - start
+                clock[_ENV] += time.perf_counter() - acted
                 if half.t == T:
                     # The bootstrap row starts the next slot: keep it, then hand the slot over
                     # before waiting for the next one (a worker needs no slot beyond its credit).
@@ -380,7 +394,9 @@ def rollout_worker(
                     last_dones = arrays["dones"][half.slot, T].copy()
                     conn.send((half.slot, half.episodes, truncated_captions[0]))
                     half.episodes, truncated_captions[0] = [], 0
+                    start = time.perf_counter()
                     slot = _next_slot(conn, control)
+                    clock[_WAIT] += time.perf_counter() - start
                     if slot is None:
                         return
                     for key in POLICY_OBSERVATION_KEYS:
@@ -411,10 +427,12 @@ def policy_worker(
             backoff.wait()
             continue
         backoff.reset()
+        start = time.perf_counter()
         seq = control.req_seq[pending]  # read before slot and row (the workers write them first)
         version = weights.load_into(policy, version)
         act_on_rows(policy, buffers, control.core_state, pending, control.req_slot[pending], control.req_t[pending], version, dev)
         control.done_seq[pending] = seq
+        control.policy_busy[0] += time.perf_counter() - start
 
 
 class WorkerSet:
