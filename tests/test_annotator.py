@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -207,6 +208,24 @@ def test_submit_never_blocks_and_drops_when_full(backend: FaultyBackend, store: 
         assert annotator.wait_idle(WAIT_S)
     assert set(stored_labels(store, annotator)) == set(CAPTIONS)
     assert max(backend.asked.values()) == 1
+
+
+def test_llm_seconds_count_the_call_in_progress(backend: FaultyBackend, store: FaultyStore) -> None:
+    """The time waited on the LLM grows while a call is in flight (a batch can take many seconds:
+    counted only at its end, the display's busy share would jump past 100%), and stops growing
+    once the call has returned."""
+    backend.running.clear()  # a call that does not return until the test says so
+    with run(backend, store) as annotator:
+        annotator.submit(CAPTIONS[:4])
+        assert backend.in_generate.wait(WAIT_S)
+        first = annotator.metrics().llm_seconds
+        time.sleep(0.05)
+        assert annotator.metrics().llm_seconds > first > 0.0
+        backend.running.set()
+        assert annotator.wait_idle(WAIT_S)
+        done = annotator.metrics().llm_seconds
+        time.sleep(0.05)
+        assert annotator.metrics().llm_seconds == done
 
 
 def test_freshest_first_but_no_starvation(backend: FaultyBackend, store: FaultyStore) -> None:

@@ -26,13 +26,14 @@ def test_shares_are_seconds_added_per_wall_second_per_process(monkeypatch: pytes
 
 
 def test_a_stopwatch_charges_each_lap_to_its_part(monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = iter([10.0, 10.5, 12.0, 12.25])
+    clock = iter([10.0, 10.5, 12.0, 12.25, 13.0])
     monkeypatch.setattr(time, "perf_counter", lambda: next(clock))
     watch = Stopwatch(("wait", "work"))
     watch.lap("wait")
     watch.lap("work")
     watch.lap("wait")
     assert watch.seconds.tolist() == [0.75, 1.5]
+    assert watch.read("work").tolist() == [0.75, 2.25]  # the lap in progress, 0.75 s so far
 
 
 def test_a_run_reports_where_its_time_goes(tmp_path: Path) -> None:
@@ -45,5 +46,5 @@ def test_a_run_reports_where_its_time_goes(tmp_path: Path) -> None:
     workers = [figures[f"time/workers/{part}"] for part in WORKER_TIME]
     learner = [figures[f"time/learner/{part}"] for part in LEARNER_TIME]
     for shares in (workers, learner):
-        assert all(0.0 <= s <= 1.0 for s in shares) and 0.0 < sum(shares) <= 1.0 + 1e-6, figures
+        assert all(0.0 <= s <= 1.0 for s in shares) and 0.0 < sum(shares) <= 1.001, figures  # two clocks read a moment apart
     assert figures["time/workers/env"] > 0 and figures["time/learner/learning"] > 0

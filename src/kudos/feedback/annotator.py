@@ -112,7 +112,7 @@ class AnnotatorMetrics(LabelCounts):
     cache_hit_rate: float = 0.0  # hits / (hits + misses), 0 before any lookup
 
     def as_dict(self) -> dict[str, float]:
-        return {k: float(v) for k, v in asdict(self).items()}
+        return {k: float(v) for k, v in asdict(self).items() if k != "calling_since"}
 
 
 class Annotator:
@@ -211,8 +211,12 @@ class Annotator:
             now = time.monotonic()
             self._prune_rate(now)
             looked_up = c.cache_hits + c.cache_misses
+            counts = asdict(c)
+            since = counts.pop("calling_since")  # read once: the worker thread resets it unlocked
+            if since is not None:  # the LLM call in progress counts as it goes
+                counts["llm_seconds"] += time.perf_counter() - since
             return AnnotatorMetrics(
-                **asdict(c),
+                **counts,
                 queue_depth=self._backlog.waiting,
                 in_flight=len(self._backlog.in_flight),
                 labels_per_s=sum(n for _, n in self._rate) / max(1e-9, min(_RATE_WINDOW_S, now - self._started)),

@@ -55,7 +55,10 @@ class LabelCounts:
     llm_requests: int = 0  # requests sent, re-asks included
     parse_failures: int = 0  # replies with no readable label (first answers and re-asks)
     server_errors: int = 0  # generate() calls that raised LLMError (a cancelled one is no fault)
-    llm_seconds: float = 0.0  # wall time spent waiting on the backend (generate() calls)
+    llm_seconds: float = 0.0  # wall time spent waiting on the backend (generate() calls), the current one included
+    # perf_counter() when the generate() call in progress began (None: none is): not a metric, it
+    # lets llm_seconds count a call of many seconds as it goes rather than all at once at its end.
+    calling_since: float | None = None
     store_errors: int = 0
     subscriber_errors: int = 0
 
@@ -108,7 +111,7 @@ class Labeler:
         if not requests:
             return [], None
         self.stats.llm_requests += len(requests)
-        start = time.perf_counter()
+        start = self.stats.calling_since = time.perf_counter()
         try:
             replies: list[LLMReply | None] = list(self.backend.generate(requests, cancel))
             if len(replies) != len(requests):
@@ -120,6 +123,7 @@ class Labeler:
             return partial, exc
         finally:
             self.stats.llm_seconds += time.perf_counter() - start
+            self.stats.calling_since = None
 
     def _label_asked(
         self, template: PromptTemplate, items: Sequence[Item], cancel: threading.Event | None

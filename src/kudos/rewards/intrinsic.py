@@ -271,6 +271,7 @@ class IntrinsicReward:
                 f"llm/{kind}/parse_failures": m.parse_failures,
                 f"llm/{kind}/server_errors": m.server_errors,
                 f"llm/{kind}/dropped": m.dropped,
+                f"llm/{kind}/llm_seconds": m.llm_seconds,
             })
         for key, value in getattr(self.backend, "stats", {}).items():
             if key in ("failed_requests", "http_errors", "bad_replies", "timeouts", "connection_errors"):

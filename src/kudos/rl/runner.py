@@ -306,7 +306,7 @@ class TrainingRun:
             self.reward.start()
         started, steps_at_start = time.monotonic(), self.progress.env_steps
         clock = Stopwatch(LEARNER_TIME)
-        self._learner_time = TimeShares(LEARNER_TIME, lambda: clock.seconds)
+        self._learner_time = TimeShares(LEARNER_TIME, lambda: clock.read("bookkeeping"))  # reports are bookkeeping
         self._llm_time = None if self.reward is None else TimeShares(("busy",), self._llm_seconds)
         self.sampler.time_shares()  # the workers' first share is of training, not of start-up
         next_report = started

@@ -33,7 +33,7 @@ class TimeShares:
 
 class Stopwatch:
     """Cumulative seconds per part of a loop run by one thread: ``lap(part)`` charges the time
-    since the previous lap (or the start) to ``part``. ``seconds`` is what :class:`TimeShares` reads."""
+    since the previous lap (or the start) to ``part``; :class:`TimeShares` reads :meth:`read`."""
 
     def __init__(self, parts: Sequence[str]) -> None:
         self.parts = tuple(parts)
@@ -45,3 +45,10 @@ class Stopwatch:
         now = time.perf_counter()
         self.seconds[self._index[part]] += now - self._mark
         self._mark = now
+
+    def read(self, current: str) -> np.ndarray:
+        """``seconds`` with the lap in progress charged to ``current`` so far: read from inside
+        that part, the parts add up to the wall time exactly."""
+        seconds = self.seconds.copy()
+        seconds[self._index[current]] += time.perf_counter() - self._mark
+        return seconds
