@@ -25,7 +25,7 @@ $(VENV)/.installed-ray: $(VENV)/.installed
 # The main job on embedded defaults: a short training run on NetHackScore with ONI-Classification
 # rewards, the embedded LLM labelling captions as the agent plays.
 run: install
-	$(VENV)/bin/kudos train --task Score --reward classification --steps 30000 --output runs/demo
+	$(VENV)/bin/kudos train --task Score --reward classification --steps 200000 --output runs/demo
 
 # PostgreSQL server binaries for the label-store parity tests (Debian's package; installed when
 # running as root, as CI does; without them those tests skip and say why).
