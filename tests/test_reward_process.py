@@ -24,6 +24,8 @@ from kudos.rewards.intrinsic import RewardConfig, scoring_model
 from kudos.rewards.service import RewardProcess, RewardProcessError
 from kudos.rewards.trainer import RewardModelTrainerConfig
 
+from test_llm_http import FaultyLLMServer  # the fault-injecting proxy
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from stand_in_llm import StandInLLM  # noqa: E402  (the stand-in server, shared with the benches)
 
@@ -39,7 +41,7 @@ def llm():
 
 
 def _reward(kind: str) -> RewardConfig:
-    return RewardConfig(type=kind, trainer=RewardModelTrainerConfig(poll_interval_s=0.1))  # type: ignore[arg-type]
+    return RewardConfig(type=kind, trainer=RewardModelTrainerConfig(poll_interval_s=0.1, min_labels=8))  # type: ignore[arg-type]
 
 
 def _wait(process: RewardProcess, done) -> None:
@@ -85,10 +87,48 @@ def test_labels_arrive_and_the_learner_scores_with_newer_snapshots(llm: StandInL
         resumed.close()
 
 
+def test_a_learned_model_trains_in_the_child_and_its_final_state_survives_close(llm: StandInLLM,
+                                                                                tmp_path: Path) -> None:
+    """Classification: the snapshots carry tensors, and the state the child sends as it exits
+    (its last reply) arrives whole."""
+    process = RewardProcess(_reward("classification"), LLMConfig(backend=llm.url, store=str(tmp_path / "l.sqlite")),
+                            "score").start()
+    try:
+        _wait(process, lambda: process.metrics()["reward_model/0/steps"] > 0 and process.snapshot.version > 1)
+    finally:
+        process.close()
+    state = process.state_dict()
+    assert state["model"]["steps"] > 0 and len(state["model"]["dataset"]["texts"]) > 0
+    child = scoring_model(_reward("classification"), "score")
+    child.load_state_dict(state["model"])
+    assert child.version >= process.snapshot.version
+
+
 def test_a_misconfigured_endpoint_is_the_learners_one_line_error(llm: StandInLLM, tmp_path: Path) -> None:
     config = LLMConfig(backend=llm.url, model="llama-70b", store=str(tmp_path / "labels.sqlite"))
     with pytest.raises(LLMConfigError, match="does not serve model 'llama-70b'"):
         RewardProcess(_reward("classification"), config, "score")
+
+
+def test_an_endpoint_rejecting_every_request_stops_kudos_train_with_one_line(llm: StandInLLM,
+                                                                             tmp_path: Path) -> None:
+    """An annotator stopped in the child (every request rejected for client_error_limit_s) stops
+    the run with the learner's one-line error, as with the reward side in the learner's process."""
+    proxy = FaultyLLMServer(llm.url)
+    try:
+        proxy.inject("http404")
+        done = subprocess.run(
+            [sys.executable, "-m", "kudos", "train", "--reward", "retrieval", "--llm", proxy.url,
+             "--store", str(tmp_path / "labels.sqlite"), "--steps", "1000000", "--num-envs", "4",
+             "--output", str(tmp_path / "run"), "--set", "env.num_workers=1", "--set", "llm.http.client_error_limit_s=1",
+             "--set", "run.reward_placement=process"],
+            capture_output=True, text=True, timeout=300,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")},
+        )
+    finally:
+        proxy.close()
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2 and last.startswith("kudos: error:") and "rejected every request" in last, done.stderr
 
 
 def test_a_dead_child_is_a_one_line_error_not_a_hang(llm: StandInLLM, tmp_path: Path) -> None:

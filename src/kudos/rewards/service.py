@@ -22,6 +22,7 @@ import logging
 import multiprocessing
 import pickle
 import queue
+import signal
 import time
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple, Sequence
@@ -79,17 +80,20 @@ def _serve(conn: Connection, captions: Any, args: tuple[Any, ...], log_level: in
     """The child's main loop: build the IntrinsicReward, then answer requests and feed queued
     captions to it until ``close`` or until the learner's end of the pipe closes."""
     logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
+    # Ctrl-C reaches the whole process group: the learner stops this process (close), so the
+    # batch in flight is stored and the last state reaches the checkpoint.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         reward = IntrinsicReward(*args)
     except BaseException as exc:  # noqa: BLE001 - every start failure goes to the learner
-        conn.send(("error", _portable(exc)))
+        _send(conn, ("error", _portable(exc)))
         return
     new_labels: collections.deque[tuple[str, int]] = collections.deque()  # appended by the annotator's thread
     feed = reward.label_feed()
     if feed is not None:
         feed.subscribe(lambda records: new_labels.extend((r.caption, int(r.label)) for r in records
                                                           if r.label is not None))
-    conn.send(("ok", (feed.prompt_hash, feed.model_id) if feed is not None else None))
+    _send(conn, ("ok", (feed.prompt_hash, feed.model_id) if feed is not None else None))
     publisher = SnapshotPublisher(reward.model)
     fatal: BaseException | None = None
 
@@ -108,11 +112,11 @@ def _serve(conn: Connection, captions: Any, args: tuple[Any, ...], log_level: in
             try:
                 if not conn.poll(_CHILD_POLL_S):
                     continue
-                command, arg = conn.recv()
+                command, arg = _recv(conn)
             except (EOFError, OSError):  # the learner is gone
                 return
             if fatal is not None and command != "close":
-                conn.send(("error", _portable(fatal)))
+                _send(conn, ("error", _portable(fatal)))
                 continue
             try:
                 if command == "since":
@@ -132,16 +136,26 @@ def _serve(conn: Connection, captions: Any, args: tuple[Any, ...], log_level: in
                 elif command == "close":  # the last metrics and checkpoint state, then exit
                     reward.close()
                     load_scoring_statistics(reward.model, arg)
-                    conn.send(("ok", (metrics(), reward.state_dict())))
+                    _send(conn, ("ok", (metrics(), reward.state_dict())))
                     return
                 else:
                     raise ValueError(f"unknown request {command!r}")
             except BaseException as exc:  # noqa: BLE001 - the learner raises it
-                conn.send(("error", _portable(exc)))
+                _send(conn, ("error", _portable(exc)))
             else:
-                conn.send(("ok", reply))
+                _send(conn, ("ok", reply))
     finally:
         reward.close()
+
+
+def _send(conn: Connection, message: Any) -> None:
+    """Send ``message`` as plain pickle bytes: multiprocessing's own pickler would share tensors
+    through file descriptors that vanish with a sender that exits right after (``close``)."""
+    conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _recv(conn: Connection) -> Any:
+    return pickle.loads(conn.recv_bytes())
 
 
 def _portable(exc: BaseException) -> BaseException:
@@ -220,7 +234,7 @@ class RewardProcess:
             if not self._process.is_alive():
                 raise self._died()
         try:
-            status, value = self._conn.recv()
+            status, value = _recv(self._conn)
         except (EOFError, OSError):
             raise self._died() from None
         if status == "error":
@@ -232,9 +246,9 @@ class RewardProcess:
         return RewardProcessError(f"the reward process died (exit code {self._process.exitcode}); "
                                   "see the log above, then resume the run with --resume")
 
-    def _send(self, command: str, arg: Any) -> None:
+    def _request(self, command: str, arg: Any) -> None:
         try:
-            self._conn.send((command, arg))
+            _send(self._conn, (command, arg))
         except OSError:
             raise self._died() from None
 
@@ -242,7 +256,7 @@ class RewardProcess:
         if self._pending:
             self._pending = False
             self._take(self._reply())
-        self._send(command, arg)
+        self._request(command, arg)
         return self._reply()
 
     def _take(self, reply: tuple[Snapshot | None, list[tuple[str, int]]]) -> None:
@@ -266,7 +280,7 @@ class RewardProcess:
             self._pending = False
             self._take(self._reply())
         epoch, version = (self.snapshot.epoch, self.snapshot.version) if self.snapshot else (None, 0)
-        self._send("since", (epoch, version))
+        self._request("since", (epoch, version))
         self._pending = True
 
     # --- IntrinsicReward's surface -------------------------------------------------------------
