@@ -222,7 +222,7 @@ def main() -> None:
                                        if key in runs[0]}}
     for name, r in results.items():
         line = f"{name:22} {r['steps_per_s']:8,.0f} env steps/s over {r['window_s']:.0f} s"
-        if "labels" in r and name.endswith("classification"):
+        if "labels" in r and "classification" in name:
             line += f"; {r['labels']:.0f} labels in the window ({r['labels_per_s']:.2f}/s), {r['labels_total']:.0f} in all"
         if "ray" in r:
             line += f"; ray {r['ray']}"
