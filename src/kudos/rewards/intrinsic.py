@@ -258,6 +258,11 @@ class IntrinsicReward:
         for annotator in self.annotators.values():
             annotator.submit(captions if annotator.spec.kind == "rank" else distinct)
 
+    def label_feed(self) -> Annotator | None:
+        """What to subscribe to for new classification labels (:class:`~kudos.rl.runstats.RunStats`
+        follows it): the classification annotator, None without one."""
+        return self.annotators.get("classify")
+
     def metrics(self) -> dict[str, float]:
         """Annotator and reward-model-trainer counters, flattened for logging."""
         out: dict[str, float] = {}

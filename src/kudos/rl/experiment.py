@@ -49,6 +49,9 @@ class RunConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"  # the learner's: "auto" (cuda when a GPU is visible), "cpu" or "cuda"
     inference: Literal["worker", "policy-worker"] = "worker"  # who acts: "worker" (each rollout worker) or "policy-worker" (one, on the device)
     slots_ahead: int = 1  # free rollout slots each half of a worker's envs holds beyond the one it fills
+    # Where the LLM, annotators and reward-model trainers run: "thread" (threads of the learner's
+    # process) or "process" (a child process; the learner scores with versioned snapshots).
+    reward_placement: Literal["thread", "process"] = "thread"
     # Recorded by `kudos train` when it starts, not options: the kudos source commit ("unknown"
     # outside a git checkout; "A+B" for a run resumed on another commit) and uncommitted changes.
     commit: str = ""

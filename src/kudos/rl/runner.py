@@ -9,7 +9,10 @@ Who does what (each in its own thread or process, so nothing waits for the LLM):
   captions with the latest reward model, submits them for labelling, shapes the rewards and runs
   one APPO update, then publishes the weights (shared memory, versioned);
 - the annotator and reward-model trainer threads (:class:`~kudos.rewards.intrinsic.IntrinsicReward`)
-  label captions with the LLM and fit the reward model as labels arrive.
+  label captions with the LLM and fit the reward model as labels arrive: in the learner's
+  process (``run.reward_placement = "thread"``) or in a child process of their own
+  (``"process"``, :class:`~kudos.rewards.service.RewardProcess`: the learner then scores with the
+  newest reward-model snapshot it has, asked for each update without waiting).
 
 Checkpoints hold everything needed to continue (policy, optimiser, reward model, shaping
 statistics, annotator backlog, counters, RNG states); steps collected after the last checkpoint
@@ -37,6 +40,7 @@ from kudos.envs import get_task
 from kudos.errors import ConfigError
 from kudos.rl.experiment import KudosConfig, log_config, save_config
 from kudos.rewards.intrinsic import IntrinsicReward
+from kudos.rewards.service import RewardProcess
 from kudos.rewards.shaping import RewardShaper
 from kudos.rl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from kudos.rl.learner import Learner
@@ -153,13 +157,15 @@ class TrainingRun:
         self.policy = NetHackPolicy(policy_config, self.task.num_actions).to(self.device)
         self.learner = Learner(self.policy, config.appo)
         self.shaper = RewardShaper(config.reward.shaping_for(self.task.extrinsic_coef), config.env.num_envs)
-        self.reward: IntrinsicReward | None = None
+        self.reward: IntrinsicReward | RewardProcess | None = None
         if config.reward.type != "none":
-            self.reward = IntrinsicReward(config.reward, config.llm, self.task.goal)
+            placement = RewardProcess if config.run.reward_placement == "process" else IntrinsicReward
+            self.reward = placement(config.reward, config.llm, self.task.goal)
         # What the run rewarded, per caption, and the reward-hacking diagnostics (kudos report).
         self.run_stats = RunStats(config.diagnostics, config.env.num_envs)
-        if self.reward is not None and "classify" in self.reward.annotators:
-            self.run_stats.follow(self.reward.annotators["classify"])
+        feed = self.reward.label_feed() if self.reward is not None else None
+        if feed is not None:
+            self.run_stats.follow(feed)
 
         checkpoint = load_checkpoint(self.output_dir) if resume else None
         if checkpoint is not None:

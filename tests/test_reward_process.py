@@ -1,0 +1,199 @@
+"""The reward side in its own process (kudos.rewards.service.RewardProcess), against a stand-in
+LLM server (bench/stand_in_llm.py, not a model): labels arrive, the learner's snapshot version
+advances and scores like the child's model, classification labels reach the learner's feed, the
+checkpoint state round-trips, a misconfigured endpoint is the same one-line error as in the
+learner's process, and a dead child or a killed learner leaves no hang and no process behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kudos.feedback.backend import LLMConfigError
+from kudos.feedback.config import LLMConfig
+from kudos.feedback.embedded import MODEL_ID
+from kudos.rewards.intrinsic import RewardConfig, scoring_model
+from kudos.rewards.service import RewardProcess, RewardProcessError
+from kudos.rewards.trainer import RewardModelTrainerConfig
+
+from test_llm_http import FaultyLLMServer  # the fault-injecting proxy
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from stand_in_llm import StandInLLM  # noqa: E402  (the stand-in server, shared with the benches)
+
+CAPTIONS = [f"You kill the newt number {i}!" for i in range(12)] + ["It's solid stone.", ""]
+DEADLINE_S = 60.0
+
+
+@pytest.fixture
+def llm():
+    server = StandInLLM(MODEL_ID)
+    yield server
+    server.close()
+
+
+def _reward(kind: str) -> RewardConfig:
+    return RewardConfig(type=kind, trainer=RewardModelTrainerConfig(poll_interval_s=0.1, min_labels=8))  # type: ignore[arg-type]
+
+
+def _wait(process: RewardProcess, done) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while not done():
+        assert time.monotonic() < deadline, process.metrics()
+        process.submit(CAPTIONS)
+        time.sleep(0.05)
+
+
+def test_labels_arrive_and_the_learner_scores_with_newer_snapshots(llm: StandInLLM, tmp_path: Path) -> None:
+    config = LLMConfig(backend=llm.url, store=str(tmp_path / "labels.sqlite"))
+    process = RewardProcess(_reward("retrieval"), config, "score")
+    try:
+        feed = process.label_feed()
+        assert feed is not None and feed.model_id == MODEL_ID
+        heard: list[tuple[str, int]] = []
+        feed.subscribe(lambda records: heard.extend((r.caption, r.label) for r in records))
+        process.start()
+        first = process.snapshot.version
+        assert not process(CAPTIONS).any()  # nothing labelled yet
+        _wait(process, lambda: process.snapshot.version > first and len(heard) >= 10)
+        metrics = process.metrics()
+        assert metrics["llm/classify/labels"] >= 10 and metrics["reward_process/scoring_version"] > first
+        # The learner's snapshot scores as the child's model does (its checkpointed state).
+        _wait(process, lambda: process.metrics()["reward_process/snapshot_version"] == process.snapshot.version)
+        child = scoring_model(_reward("retrieval"), "score")
+        child.load_state_dict(process.state_dict()["model"])
+        np.testing.assert_allclose(process(CAPTIONS), child(CAPTIONS))
+        assert process(CAPTIONS).any()
+        assert {c for c, _ in heard} <= set(CAPTIONS)
+    finally:
+        process.close()
+    assert not process._process.is_alive()
+    state = process.state_dict()  # the final state stays readable after close, as IntrinsicReward's
+    resumed = RewardProcess(_reward("retrieval"), config, "score")
+    try:
+        resumed.load_state_dict(state)
+        resumed.start()
+        np.testing.assert_allclose(resumed(CAPTIONS), process(CAPTIONS))
+        assert resumed.state_dict()["trainers"] == state["trainers"]
+    finally:
+        resumed.close()
+
+
+def test_a_learned_model_trains_in_the_child_and_its_final_state_survives_close(llm: StandInLLM,
+                                                                                tmp_path: Path) -> None:
+    """Classification: the snapshots carry tensors, and the state the child sends as it exits
+    (its last reply) arrives whole."""
+    process = RewardProcess(_reward("classification"), LLMConfig(backend=llm.url, store=str(tmp_path / "l.sqlite")),
+                            "score").start()
+    try:
+        _wait(process, lambda: process.metrics()["reward_model/0/steps"] > 0 and process.snapshot.version > 1)
+    finally:
+        process.close()
+    state = process.state_dict()
+    assert state["model"]["steps"] > 0 and len(state["model"]["dataset"]["texts"]) > 0
+    child = scoring_model(_reward("classification"), "score")
+    child.load_state_dict(state["model"])
+    assert child.version >= process.snapshot.version
+
+
+def test_a_misconfigured_endpoint_is_the_learners_one_line_error(llm: StandInLLM, tmp_path: Path) -> None:
+    config = LLMConfig(backend=llm.url, model="llama-70b", store=str(tmp_path / "labels.sqlite"))
+    with pytest.raises(LLMConfigError, match="does not serve model 'llama-70b'"):
+        RewardProcess(_reward("classification"), config, "score")
+
+
+def test_an_endpoint_rejecting_every_request_stops_kudos_train_with_one_line(llm: StandInLLM,
+                                                                             tmp_path: Path) -> None:
+    """An annotator stopped in the child (every request rejected for client_error_limit_s) stops
+    the run with the learner's one-line error, as with the reward side in the learner's process."""
+    proxy = FaultyLLMServer(llm.url)
+    try:
+        proxy.inject("http404")
+        done = subprocess.run(
+            [sys.executable, "-m", "kudos", "train", "--reward", "retrieval", "--llm", proxy.url,
+             "--store", str(tmp_path / "labels.sqlite"), "--steps", "1000000", "--num-envs", "4",
+             "--output", str(tmp_path / "run"), "--set", "env.num_workers=1", "--set", "llm.http.client_error_limit_s=1",
+             "--set", "run.reward_placement=process"],
+            capture_output=True, text=True, timeout=300,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")},
+        )
+    finally:
+        proxy.close()
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2 and last.startswith("kudos: error:") and "rejected every request" in last, done.stderr
+
+
+def test_a_dead_child_is_a_one_line_error_not_a_hang(llm: StandInLLM, tmp_path: Path) -> None:
+    process = RewardProcess(_reward("retrieval"), LLMConfig(backend=llm.url, store=str(tmp_path / "l.sqlite")), "score")
+    try:
+        process.start()
+        os.kill(process._process.pid, signal.SIGKILL)
+        process._process.join(10)
+        with pytest.raises(RewardProcessError, match="the reward process died .*--resume"):
+            for _ in range(3):  # the snapshot request in flight, then the next
+                process.submit(CAPTIONS)
+                time.sleep(0.2)
+    finally:
+        process.close()
+
+
+_LEARNER = textwrap.dedent("""
+    import sys
+    from kudos.feedback.config import LLMConfig
+    from kudos.rewards.intrinsic import RewardConfig
+    from kudos.rewards.service import RewardProcess
+    process = RewardProcess(RewardConfig(type="retrieval"), LLMConfig(backend=sys.argv[1], store=sys.argv[2]), "score")
+    process.start()
+    print(process._process.pid, flush=True)
+    sys.stdin.read()
+""")
+
+
+def test_a_killed_learner_leaves_no_reward_process(llm: StandInLLM, tmp_path: Path) -> None:
+    learner = subprocess.Popen([sys.executable, "-c", _LEARNER, llm.url, str(tmp_path / "labels.sqlite")],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})
+    child = int(learner.stdout.readline())
+    learner.kill()
+    learner.wait()
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{child}").exists() and Path(f"/proc/{child}/status").read_text().find("zombie") < 0:
+        assert time.monotonic() < deadline, "the reward process outlived its learner"
+        time.sleep(0.1)
+
+
+def test_a_training_run_with_the_reward_process_checkpoints_and_resumes(llm: StandInLLM, tmp_path: Path) -> None:
+    """`run.reward_placement=process` through TrainingRun: labels reach the run (its intrinsic
+    reward and its checkpoint), and a resumed run's child starts from exactly the checkpoint."""
+    from kudos.rl.checkpoint import load_checkpoint
+    from kudos.rl.experiment import load_config
+    from kudos.rl.runner import TrainingRun
+
+    overrides = ["reward.type=retrieval", f"llm.backend={llm.url}", f"llm.store={tmp_path / 'labels.sqlite'}",
+                 "run.reward_placement=process", "reward.trainer.poll_interval_s=0.1", "env.num_envs=4",
+                 "env.num_workers=1", "appo.rollout=16", "run.log_every_s=60", f"run.output_dir={tmp_path / 'run'}"]
+    figures: dict[str, float] = {}
+    first = TrainingRun(load_config(overrides=[*overrides, "run.steps=1280"]),
+                        on_progress=lambda _, f: figures.update(f))
+    first.train()
+    assert not first.reward._process.is_alive()
+    saved = load_checkpoint(tmp_path / "run")
+    assert saved["reward"]["model"]["table"]  # labels reached the child's model and the checkpoint
+    assert figures["llm/classify/labels"] > 0 and figures["reward_process/scoring_version"] > 1
+
+    resumed = TrainingRun(load_config(overrides=[*overrides, "run.steps=1408"]), resume=True)
+    try:
+        restored = resumed.reward.state_dict()
+        assert restored["model"] == saved["reward"]["model"]
+        assert restored["annotators"] == saved["reward"]["annotators"]
+    finally:
+        resumed.close()
+    assert not resumed.reward._process.is_alive()
