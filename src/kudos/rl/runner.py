@@ -127,6 +127,11 @@ def record_revision(config: KudosConfig) -> None:
     config.run.dirty = any(known) if known else None
 
 
+def _llm_seconds(reward_figures: dict[str, float]) -> float:
+    """Seconds every annotator has spent waiting on the LLM so far (their ``llm_seconds``)."""
+    return sum(v for k, v in reward_figures.items() if k.endswith("/llm_seconds"))
+
+
 class TrainingRun:
     """One training run: builds every component from ``config`` and trains to ``run.steps``.
 
@@ -266,28 +271,25 @@ class TrainingRun:
         self.stats.latest = latest
         self.run_stats.record(sample.captions, sample.caption_counts, sample.dones, sample.env_rewards, r_int)
 
-    def _where_time_goes(self) -> dict[str, float]:
+    def _where_time_goes(self, reward_figures: dict[str, float]) -> dict[str, float]:
         """Fractions of wall time since the last report: the learner's loop by
         :data:`LEARNER_TIME`, the rollout workers' (:meth:`Sampler.time_shares`) and the LLM's
-        (``time/llm/busy``: answering the annotators' batches; above 1 when several ask at once)."""
+        (``time/llm/busy``, from ``reward_figures``' ``llm_seconds``: answering the annotators'
+        batches; above 1 when several ask at once)."""
+        self._llm_seconds_so_far = _llm_seconds(reward_figures)
         shares = {f"time/learner/{part}": share for part, share in self._learner_time().items()}
         shares.update(self.sampler.time_shares())
         if self._llm_time is not None:
             shares.update({f"time/llm/{part}": share for part, share in self._llm_time().items()})
         return shares
 
-    def _llm_seconds(self) -> np.ndarray:
-        """Seconds every annotator has spent waiting on the LLM so far."""
-        assert self.reward is not None
-        return np.array([sum(v for k, v in self.reward.metrics().items() if k.endswith("/llm_seconds"))])
-
     def _report(self, started: float, steps_at_start: int) -> None:
         figures = self.stats.summary()
         elapsed = max(time.monotonic() - started, 1e-9)
         figures["throughput/env_steps_per_s"] = (self.progress.env_steps - steps_at_start) / elapsed
-        figures.update(self._where_time_goes())
-        if self.reward is not None:
-            figures.update(self.reward.metrics())
+        reward_figures = self.reward.metrics() if self.reward is not None else {}  # once: an RPC in process placement
+        figures.update(self._where_time_goes(reward_figures))
+        figures.update(reward_figures)
         figures.update(self.run_stats.diagnose(self.reward).figures())
         if self.tensorboard is not None:
             for key, value in figures.items():
@@ -313,7 +315,8 @@ class TrainingRun:
         started, steps_at_start = time.monotonic(), self.progress.env_steps
         clock = Stopwatch(LEARNER_TIME)
         self._learner_time = TimeShares(LEARNER_TIME, lambda: clock.read("bookkeeping"))  # reports are bookkeeping
-        self._llm_time = None if self.reward is None else TimeShares(("busy",), self._llm_seconds)
+        self._llm_seconds_so_far = 0.0 if self.reward is None else _llm_seconds(self.reward.metrics())
+        self._llm_time = None if self.reward is None else TimeShares(("busy",), lambda: [self._llm_seconds_so_far])
         self.sampler.time_shares()  # the workers' first share is of training, not of start-up
         next_report = started
         next_checkpoint = started + self.config.run.checkpoint_every_s
