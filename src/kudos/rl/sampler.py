@@ -40,7 +40,7 @@ from kudos.rl.policy import POLICY_OBSERVATION_KEYS, PolicyConfig
 from kudos.rl.timing import TimeShares
 from kudos.rl.trajectory import CaptionDecoder, SlotPool, TrajectoryBuffers, TrajectoryLayout
 from kudos.rl.weights import SharedWeights
-from kudos.rl.workers import INFERENCE_MODES, WORKER_TIME, WorkerSet, WorkerSpec
+from kudos.rl.workers import INFERENCE_MODES, WORKER_TIME, Control, WorkerSet, WorkerSpec
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,17 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device cuda: torch sees no CUDA GPU here; use --device cpu (or auto)")
     return torch.device(name)
+
+
+def worker_seconds(control: Control) -> np.ndarray:
+    """Seconds all rollout workers spent per part of :data:`WORKER_TIME`, each one's lap in
+    progress included (a wait for a slot can outlast a report). ``seconds`` is read before the
+    laps: a worker charges a lap after moving its start, so this order never counts one twice."""
+    seconds = control.seconds.sum(axis=0)
+    now, start, part = time.perf_counter(), control.lap_start.copy(), control.lap_part.copy()
+    running = start > 0  # a worker still starting up has no lap yet
+    np.add.at(seconds, part[running], now - start[running])
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -207,7 +218,7 @@ class Sampler:
         )
         self.workers = WorkerSet(spec, config.num_workers, self.buffers, self.weights, config.inference, device, ctx)
         control = self.workers.control
-        self._worker_time = TimeShares(WORKER_TIME, lambda: control.seconds.sum(axis=0), config.num_workers)
+        self._worker_time = TimeShares(WORKER_TIME, lambda: worker_seconds(control), config.num_workers)
         self._policy_time = TimeShares(("busy",), lambda: control.policy_busy)
         for w in range(config.num_workers):
             self._top_up(w)
@@ -377,8 +388,9 @@ class Sampler:
 
     def time_shares(self) -> dict[str, float]:
         """Where the workers' time went since the previous call: ``time/workers/<part>``, the
-        mean fraction of a rollout worker's wall time per part of :data:`WORKER_TIME` (the rest:
-        bookkeeping), and ``time/policy_worker/busy`` in policy-worker mode."""
+        mean fraction of a rollout worker's wall time per part of :data:`WORKER_TIME` (they add
+        up to 1: the slot hand-over counts as env), and ``time/policy_worker/busy`` in
+        policy-worker mode."""
         shares = {f"time/workers/{part}": share for part, share in self._worker_time().items()}
         busy = self._policy_time()
         if self.config.inference == "policy-worker":

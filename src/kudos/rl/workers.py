@@ -57,7 +57,8 @@ _PR_SET_PDEATHSIG = 1
 # sleeping process costs about one NetHack step on a VM; spinning forever would steal the core.
 _SPIN_SECONDS = 0.0005
 _NAP_SECONDS = 0.0001
-# Where a rollout worker's time goes (columns of Control.seconds): stepping and resetting its envs;
+# Where a rollout worker's time goes (columns of Control.seconds): stepping and resetting its envs
+# (and handing a full slot over);
 # choosing actions (its own inference, or waiting for the policy worker's); waiting for a free
 # slot, i.e. for the learner to take what it wrote.
 WORKER_TIME = ("env", "inference", "waiting_for_learner")
@@ -114,6 +115,8 @@ class Control:
             "core_state": ((2 * num_workers, half, hidden_size), "<f4"),
             "stop": ((1,), "<i8"),
             "seconds": ((num_workers, len(WORKER_TIME)), "<f8"),
+            "lap_start": ((num_workers,), "<f8"),  # perf_counter() when the worker entered lap_part
+            "lap_part": ((num_workers,), "<i8"),
             "policy_busy": ((1,), "<f8"),
         }
         self._raw = {
@@ -364,6 +367,16 @@ def rollout_worker(
     actor = _LocalActor(spec, weights, buffers, control) if inference == "worker" else _RemoteActor(control)
     truncated_captions = [0]
     clock = control.seconds[worker]
+    control.lap_start[worker], control.lap_part[worker] = time.perf_counter(), _ENV
+
+    def enter(part: int) -> None:
+        """Charge the lap so far to the part it was in, then start ``part``. lap_start goes
+        first: a reader in between misses a moment rather than counting one twice."""
+        now = time.perf_counter()
+        began, control.lap_start[worker] = control.lap_start[worker], now
+        clock[control.lap_part[worker]] += now - began
+        control.lap_part[worker] = part
+
     try:
         for half in halves:
             slot = _next_slot(conn, control)
@@ -380,13 +393,11 @@ def rollout_worker(
             actor.request(half.index, slot, 0)
         while not control.stop[0]:
             for half in halves:
-                start = time.perf_counter()
+                enter(_ACT)
                 if not actor.wait(half.index):
                     return
-                acted = time.perf_counter()
+                enter(_ENV)
                 _step_half(buffers, half, truncated_captions)
-                clock[_ACT] += acted - start
-                clock[_ENV] += time.perf_counter() - acted
                 if half.t == T:
                     # The bootstrap row starts the next slot: keep it, then hand the slot over
                     # before waiting for the next one (a worker needs no slot beyond its credit).
@@ -394,9 +405,9 @@ def rollout_worker(
                     last_dones = arrays["dones"][half.slot, T].copy()
                     conn.send((half.slot, half.episodes, truncated_captions[0]))
                     half.episodes, truncated_captions[0] = [], 0
-                    start = time.perf_counter()
+                    enter(_WAIT)
                     slot = _next_slot(conn, control)
-                    clock[_WAIT] += time.perf_counter() - start
+                    enter(_ENV)
                     if slot is None:
                         return
                     for key in POLICY_OBSERVATION_KEYS:
