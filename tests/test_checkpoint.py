@@ -129,7 +129,7 @@ def test_a_train_run_resumes_from_its_checkpoint(tmp_path):
     from kudos.rl.experiment import load_config
     from kudos.rl.runner import TrainingRun
 
-    overrides = ["reward.type=none", "env.num_envs=4", "env.num_workers=1", "appo.rollout=16", "run.log_every_s=60",
+    overrides = ["reward.type=none", "env.num_envs=4", "cpu.env_workers=1", "appo.rollout=16", "run.log_every_s=60",
                  f"run.output_dir={tmp_path / 'run'}"]
     first = TrainingRun(load_config(overrides=[*overrides, "run.steps=128"]))
     first.train()

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from kudos.config import dump_config
+from kudos.cpu import CPUConfig
 from kudos.errors import ConfigError
 from kudos.rl.experiment import EnvConfig, KudosConfig, load_config, resume_config, save_config
 from kudos.rewards.shaping import NormalizerConfig, ShapingConfig
@@ -86,7 +87,9 @@ def _another_value(key: str, annotation: Any, current: Any) -> Any:
         return _VALID[key]
     options = [a for a in typing.get_args(annotation) if a is not type(None)]
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return _another_value(key, options[0], current if current is not None else None)
+        first = options[0]  # e.g. int of `int | Literal["auto"]`: "auto" is no int to change
+        same_kind = current is not None and (not isinstance(first, type) or isinstance(current, first))
+        return _another_value(key, first, current if same_kind else None)
     if typing.get_origin(annotation) is typing.Literal:
         return next(choice for choice in typing.get_args(annotation) if choice != current)
     if typing.get_origin(annotation) is tuple:
@@ -155,6 +158,7 @@ def test_choices_are_checked_on_load(key, allowed):
 OLD_LAYOUT = """\
 env:
   task: Oracle
+  num_workers: 4
 reward:
   type: ranking
   c_ext: 0.0
@@ -167,9 +171,11 @@ reward:
 llm:
   batch_size: 4
   nice: 3
+  threads: 2
   client_error_limit_s: 5.0
 run:
   policy: baseline
+  torch_threads: 3
 """
 
 
@@ -182,13 +188,12 @@ def test_an_old_layout_config_yaml_resumes_with_one_warning_per_moved_key(tmp_pa
         c_ext=0.0, c_int=0.2, ext_clip=5.0, beta=2.0, intrinsic=NormalizerConfig(normalize=True)
     )
     annotator = config.llm.annotator
-    assert (annotator.skip_empty, annotator.pair_sampling, annotator.batch_size, annotator.nice) == (
-        True, "per_new_caption", 4, 3
-    )
+    assert (annotator.skip_empty, annotator.pair_sampling, annotator.batch_size) == (True, "per_new_caption", 4)
+    assert config.cpu == CPUConfig(env_workers=4, learner_threads=3, llm_threads=2, llm_nice=3)
     assert config.llm.http.client_error_limit_s == 5.0
     assert config.policy == POLICY_PRESETS["baseline"]  # no policy section then: the preset's sizes
     warnings = [r.getMessage() for r in caplog.records]
-    assert len(warnings) == 10 and all("\n" not in w and "deprecated" in w for w in warnings)
+    assert len(warnings) == 13 and all("\n" not in w and "deprecated" in w for w in warnings)
     assert "config key reward.beta is deprecated: use reward.shaping.beta" in warnings
 
 

@@ -120,7 +120,7 @@ def test_training_records_run_statistics_in_the_checkpoint(tmp_path):
     from kudos.rl.checkpoint import load_checkpoint
     from kudos.rl.runner import TrainingRun
 
-    config = load_config(None, ["reward.type=none", "env.num_envs=4", "env.num_workers=2", "appo.rollout=16",
+    config = load_config(None, ["reward.type=none", "env.num_envs=4", "cpu.env_workers=2", "appo.rollout=16",
                                 "run.steps=128", "env.max_episode_steps=20", f"run.output_dir={tmp_path}"])
     TrainingRun(config).train()
     stats = load_checkpoint(tmp_path)["run_stats"]

@@ -18,7 +18,7 @@ from kudos.rl.runner import TrainingRun
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("eval")
-    config = load_config(None, ["reward.type=none", "env.num_envs=4", "env.num_workers=2", "appo.rollout=16",
+    config = load_config(None, ["reward.type=none", "env.num_envs=4", "cpu.env_workers=2", "appo.rollout=16",
                                 "run.steps=64", f"run.output_dir={root / 'run'}"])
     TrainingRun(config).train()
     return root / "run"

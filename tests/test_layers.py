@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 # Bottom to top. A unit is a subpackage or a top-level module of kudos.
 LAYERS: list[set[str]] = [
-    {"kudos", "kudos.errors", "kudos.config", "kudos.backoff", "kudos.fsutil", "kudos.paths"},
+    {"kudos", "kudos.errors", "kudos.config", "kudos.backoff", "kudos.fsutil", "kudos.paths", "kudos.cpu"},
     {"kudos.envs", "kudos.feedback"},
     {"kudos.rewards"},
     {"kudos.rl"},

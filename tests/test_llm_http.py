@@ -442,7 +442,7 @@ def test_kudos_annotate_and_train_stop_when_every_request_is_rejected(proxy: Fau
     assert done.returncode == 2 and last.startswith("kudos: error:") and "rejected every request" in last, done.stderr
     done = _kudos(
         "train", "--reward", "retrieval", "--llm", proxy.url, "--store", store, "--steps", "1000000",
-        "--num-envs", "4", "--output", str(tmp_path / "run"), "--set", "env.num_workers=1",
+        "--num-envs", "4", "--output", str(tmp_path / "run"), "--set", "cpu.env_workers=1",
         "--set", "llm.http.client_error_limit_s=1",
     )
     last = done.stderr.strip().splitlines()[-1]

@@ -42,7 +42,7 @@ def small_config(tmp_path: Path, *overrides: str):
         None,
         [
             "env.num_envs=8",
-            "env.num_workers=2",
+            "cpu.env_workers=2",
             "appo.rollout=16",
             f"run.output_dir={tmp_path / 'run'}",
             "run.log_every_s=0.5",
@@ -109,7 +109,7 @@ def test_resume_after_sigkill_restores_the_checkpoint_exactly(tmp_path):
     label dataset, shaper statistics, annotator backlog), and no step is counted twice."""
     run = tmp_path / "run"
     store = tmp_path / "labels.sqlite"
-    common = ["--set", "env.num_workers=1", "--set", "appo.rollout=16", "--store", str(store),
+    common = ["--set", "cpu.env_workers=1", "--set", "appo.rollout=16", "--store", str(store),
               "--set", "llm.annotator.batch_size=4"]
     proc = _kudos(
         "train", "--task", "Score", "--reward", "classification", "--num-envs", "4", "--steps", "1000000",
@@ -136,7 +136,7 @@ def test_resume_after_sigkill_restores_the_checkpoint_exactly(tmp_path):
     _same(state["reward"]["model"], state["reward"]["trainers"][0]["model"], "checkpoint model vs trainer copy")
     assert len(state["reward"]["model"]["dataset"]["texts"]) > 0
 
-    config = resume_config(run, ["env.num_workers=1", "appo.rollout=16", f"llm.store={store}"])
+    config = resume_config(run, ["cpu.env_workers=1", "appo.rollout=16", f"llm.store={store}"])
     resumed_trainer = TrainingRun(config, resume=True)
     try:
         restored = resumed_trainer.reward.state_dict()

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 def _train(tmp_path: Path, server: str, reward: str, steps: int = 3072, *overrides: str) -> list[dict[str, float]]:
     """Train in-process; returns every figure dict the live display was given."""
     config = load_config(None, [
-        "env.num_envs=8", "env.num_workers=2", "appo.rollout=16", f"run.steps={steps}", "run.log_every_s=0.5",
+        "env.num_envs=8", "cpu.env_workers=2", "appo.rollout=16", f"run.steps={steps}", "run.log_every_s=0.5",
         f"run.output_dir={tmp_path / 'run'}", f"reward.type={reward}", f"llm.backend={server}",
         f"llm.store={tmp_path / 'labels.sqlite'}", "llm.annotator.batch_size=4", *overrides,
     ])

@@ -8,6 +8,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import numpy as np
+import torch
 
 from kudos.envs import EndStatus, make_env
 from kudos.eval.scalars import read_scalars
@@ -19,13 +20,19 @@ def test_minihack_run_records_episode_figures_and_commit(tmp_path):
     config = load_config(
         None,
         [
-            "env.task=MiniHack-KeyRoom-S5", "reward.type=none", "env.num_envs=8", "env.num_workers=2",
+            "env.task=MiniHack-KeyRoom-S5", "reward.type=none", "env.num_envs=8", "cpu.env_workers=2", "cpu.learner_threads=2",
             "appo.rollout=16", "run.steps=2048", f"run.output_dir={tmp_path / 'run'}", "run.log_every_s=0.2",
         ],
     )
+    threads = torch.get_num_threads()
     trainer = TrainingRun(config)
-    assert trainer.policy.actor.out_features == 10  # 8 moves, pickup, apply
-    trainer.train()
+    try:
+        assert trainer.policy.actor.out_features == 10  # 8 moves, pickup, apply
+        # The CPU budget reaches the learner and the sampler.
+        assert torch.get_num_threads() == 2 and trainer.sampler.workers.num_workers == 2
+        trainer.train()
+    finally:
+        torch.set_num_threads(threads)
     scalars = read_scalars(tmp_path / "run")
     for tag in ("episode/score", "episode/depth", "episode/success_rate", "episode/return"):
         assert tag in scalars, tag
@@ -41,6 +48,9 @@ def test_minihack_run_records_episode_figures_and_commit(tmp_path):
     (text,) = events.Tensors("config/text_summary")
     markdown = text.tensor_proto.string_val[0].decode()
     assert markdown.startswith("```yaml\n") and yaml.safe_load(markdown.strip("`").removeprefix("yaml\n")) == saved
+    assert saved["cpu"]["env_workers"] == 2 and saved["cpu"]["cores"] == "auto"  # resolved again on resume
+    (budget,) = events.Tensors("cpu_budget/text_summary")
+    assert "2 env workers, learner 2 thread(s)" in budget.tensor_proto.string_val[0].decode()
 
 
 def test_a_run_resumed_on_another_commit_keeps_both(tmp_path):

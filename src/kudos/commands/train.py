@@ -51,7 +51,7 @@ def register(subparsers: Any) -> None:
         help="train an agent with online intrinsic rewards from LLM feedback",
         description="Train with APPO on a NetHack task while the LLM labels captions and the reward "
         "model learns. Any option of the config tree can be set with --set section.key=value "
-        "(sections: env, reward, llm, appo, policy, run, diagnostics; --print-config shows them all).",
+        "(sections: env, reward, llm, appo, policy, cpu, run, diagnostics; --print-config shows them all).",
     )
     train.add_argument("--task", help="task name (see `kudos tasks`); default Score")
     train.add_argument(

@@ -66,8 +66,6 @@ class AnnotatorConfig:
         item another run holds is checked against the store again ``claim_retry_s`` later.
     backoff_s / max_backoff_s: wait after a server fault, doubling per consecutive fault (seconds;
         equal jitter, 50-100 % of that, so runs that failed together do not retry in step).
-    nice: added to the worker thread's scheduling niceness (Linux): an in-process LLM then
-        yields the cores to training when both want them, and takes what is left.
     """
 
     max_backlog: int = 100_000
@@ -86,7 +84,6 @@ class AnnotatorConfig:
     backoff_s: float = 0.5
     max_backoff_s: float = 30.0
     seed: int = 0
-    nice: int = 0
 
     def __post_init__(self) -> None:
         if self.max_backlog < 1 or self.batch_size < 1 or not 0 <= self.oldest_per_batch <= self.batch_size:
@@ -120,7 +117,9 @@ class Annotator:
 
     Use as ``with Annotator(backend, store, template) as annotator: annotator.submit(captions)``,
     or ``start()`` / ``close()``. Subscribers (``subscribe(callback)``) are called on the worker
-    thread with each list of newly stored records of this annotator's prompt hash.
+    thread with each list of newly stored records of this annotator's prompt hash. ``nice``: added
+    to the worker thread's scheduling niceness (Linux), so an in-process LLM yields the cores to
+    training when both want them and takes what is left (``cpu.llm_nice`` in a run).
     """
 
     def __init__(
@@ -129,8 +128,10 @@ class Annotator:
         store: LabelStore,
         template: PromptTemplate,
         config: AnnotatorConfig | None = None,
+        nice: int = 0,
     ) -> None:
         self.config = config or AnnotatorConfig()
+        self.nice = nice
         self.backend = backend
         self.store = store
         self.spec = resolve_spec(template, backend, self.config.pairwise, self.config.tie_margin)
@@ -290,9 +291,9 @@ class Annotator:
 
     # -- worker side ------------------------------------------------------------------------------
     def _run(self) -> None:
-        if self.config.nice > 0 and hasattr(os, "setpriority"):
+        if self.nice > 0 and hasattr(os, "setpriority"):
             tid = threading.get_native_id()  # on Linux a thread's niceness is its own
-            os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + self.config.nice, 19))
+            os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + self.nice, 19))
         while not self._stop.is_set():
             self._wake.clear()
             if self._unwritten:

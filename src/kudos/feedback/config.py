@@ -17,12 +17,11 @@ class LLMConfig:
     ``backend``: ``"embedded"`` (the in-process model shipped on PyPI) or comma-separated
     OpenAI-compatible endpoints (``http://host:8000/v1,http://host2:8000/v1``). ``model``: the
     endpoints' model to ask (``--llm-model``; None: the one model they serve, from
-    ``GET /v1/models``); labels are keyed by it. ``threads``: llama.cpp threads for the embedded
-    model (1 shares the cores best with training). ``store``: SQLite path or ``postgresql://``
+    ``GET /v1/models``); labels are keyed by it (the embedded model's threads and priority are the
+    run's CPU budget's, :class:`~kudos.cpu.CPUConfig`). ``store``: SQLite path or ``postgresql://``
     URL; default: the per-user shared store. ``format``: ``"short"`` (one answer token) or
     ``"long"`` (ONI's reasoning format, for large models). ``annotator``: the annotation service
-    (batch size, ``nice``: how much its thread defers to training for the cores, 5 here; which
-    pairs ranking asks about; whether ``""`` is skipped, see
+    (batch size; which pairs ranking asks about; whether ``""`` is skipped, see
     :class:`~kudos.feedback.annotator.AnnotatorConfig`). ``http``: the OpenAI-compatible client
     (timeouts, retries, ``client_error_limit_s``: how long every request may be rejected before
     the run stops with a one-line error; see :class:`~kudos.feedback.endpoints.HTTPConfig`).
@@ -30,8 +29,7 @@ class LLMConfig:
 
     backend: str = "embedded"
     model: str | None = None
-    threads: int = 1
     store: str | None = None
     format: Literal["short", "long"] = "short"
-    annotator: AnnotatorConfig = field(default_factory=lambda: AnnotatorConfig(nice=5))
+    annotator: AnnotatorConfig = field(default_factory=AnnotatorConfig)
     http: HTTPConfig = field(default_factory=HTTPConfig)

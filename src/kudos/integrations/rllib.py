@@ -44,6 +44,7 @@ from ray.rllib.core.rl_module.apis import TARGET_NETWORK_ACTION_DIST_INPUTS, Tar
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.core.rl_module.torch import TorchRLModule
 
+from kudos.cpu import CPUBudget
 from kudos.envs import get_task, make_env
 from kudos.errors import ConfigError
 from kudos.rl.experiment import KudosConfig
@@ -149,7 +150,7 @@ class RewardService:
     """One run's :class:`IntrinsicReward` in a Ray actor (start it with :meth:`start`).
 
     Args:
-        reward, llm, goal, trainer: as for :class:`IntrinsicReward`.
+        reward, llm, goal, trainer, cpu: as for :class:`IntrinsicReward`.
         diagnostics: how many recent classification labels to keep for ``kudos report``.
         state: ``[ref]``, an object-store reference to a :meth:`state_dict` to resume from (None:
             a fresh service). A reference, not the dict: Ray re-runs ``__init__`` with the same
@@ -161,8 +162,9 @@ class RewardService:
     """
 
     def __init__(self, reward: RewardConfig, llm: LLMConfig, goal: str, trainer: RewardModelTrainerConfig | None = None,
-                 state: list[Any] | None = None, diagnostics: DiagnosticsConfig | None = None) -> None:
-        self.reward = IntrinsicReward(reward, llm, goal, trainer)
+                 state: list[Any] | None = None, diagnostics: DiagnosticsConfig | None = None,
+                 cpu: CPUBudget | None = None) -> None:
+        self.reward = IntrinsicReward(reward, llm, goal, trainer, cpu)
         if state:
             self.reward.load_state_dict(ray.get(state[0]))
         # The recent classification labels and their store key; the connector keeps the rest.
@@ -179,7 +181,7 @@ class RewardService:
         store; the reward model relearns them), for a run's :func:`appo_config` settings."""
         actor = ray.remote(cls).options(max_restarts=-1, max_task_retries=-1, max_concurrency=4, num_cpus=0)
         return actor.remote(settings["reward"], settings["llm"], settings["goal"], settings.get("trainer"), state,
-                            settings.get("diagnostics"))
+                            settings.get("diagnostics"), settings.get("cpu"))
 
     def submit(self, captions: list[str]) -> None:
         """Hand a batch's captions (repeats included) to the annotators, as kudos's learner does."""
@@ -440,8 +442,10 @@ def appo_config(config: KudosConfig, num_env_runners: int = 2, envs_per_runner: 
     shaping = config.reward.shaping_for(task.extrinsic_coef)
     per_runner = envs_per_runner or max(1, config.env.num_envs // max(1, num_env_runners))
     appo = config.appo
+    # The service's LLM and trainer threads from the run's budget; the env runners are Ray's.
+    cpu = config.cpu.resolve(None, llm_in_process=config.reward.type != "none" and config.llm.backend == "embedded")
     settings = {"reward": config.reward, "llm": config.llm, "goal": task.goal, "trainer": trainer,
-                "diagnostics": config.diagnostics}
+                "diagnostics": config.diagnostics, "cpu": cpu}
     rllib = (
         RLlibAPPOConfig(algo_class=KudosAPPO)
         .environment(RLlibNetHackEnv, env_config={

@@ -28,6 +28,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from kudos import STARTUP_LOG
+from kudos.cpu import CPUBudget
 from kudos.errors import ConfigError, KudosError
 from kudos.feedback.annotator import Annotator
 from kudos.feedback.backend import LLMBackend
@@ -150,10 +151,13 @@ class IntrinsicReward:
         llm: LLM and label-store settings.
         goal: the goal preset to use when ``config.goal`` is None (the task's).
         trainer: pace of the online reward-model trainers (default: ``config.trainer``).
+        cpu: threads and priority of the embedded LLM and the trainers (the run's resolved
+            ``cpu`` section; default: one thread each, the LLM at nice +5).
     """
 
     def __init__(
-        self, config: RewardConfig, llm: LLMConfig, goal: str, trainer: RewardModelTrainerConfig | None = None
+        self, config: RewardConfig, llm: LLMConfig, goal: str, trainer: RewardModelTrainerConfig | None = None,
+        cpu: CPUBudget | None = None,
     ) -> None:
         if config.type == "none":
             raise ConfigError("reward type 'none' has no intrinsic reward")
@@ -161,6 +165,7 @@ class IntrinsicReward:
         self.goal = config.goal or goal
         self.llm = llm
         self._trainer_config = trainer or config.trainer
+        self.cpu = cpu or CPUBudget()
         self.store: LabelStore | None = None
         self.backend: LLMBackend | None = None
         self.annotators: dict[str, Annotator] = {}
@@ -188,14 +193,14 @@ class IntrinsicReward:
         if self.backend is None:
             startup.info("connecting to the LLM (%s)", self.llm.backend)
             self.backend = make_backend(
-                self.llm.backend, threads=self.llm.threads, model=self.llm.model, config=self.llm.http
+                self.llm.backend, threads=self.cpu.llm_threads, model=self.llm.model, config=self.llm.http
             )
 
     def _annotator(self, kind: str) -> Annotator:
         if kind not in self.annotators:
             self._open_llm()
             assert self.store is not None and self.backend is not None
-            annotator = Annotator(self.backend, self.store, self._template(kind), self.llm.annotator)
+            annotator = Annotator(self.backend, self.store, self._template(kind), self.llm.annotator, self.cpu.llm_nice)
             self.annotators[kind] = annotator
         return self.annotators[kind]
 
@@ -209,7 +214,8 @@ class IntrinsicReward:
         # The classifier learns from the LLM's answer probabilities (soft labels, where stored);
         # retrieval and ranking keep its answers.
         soft = kind == "classification"
-        self.trainers.append(follow_annotator(model, self._annotator(question), self._trainer_config, soft=soft))
+        self.trainers.append(follow_annotator(model, self._annotator(question), self._trainer_config, soft=soft,
+                                              torch_threads=self.cpu.reward_trainer_threads))
         return model
 
     def _offline_motif(self) -> RewardModel:

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
+from kudos.cpu import CPUBudget
 from kudos.errors import KudosError
 from kudos.feedback.config import LLMConfig
 from kudos.rewards.base import RewardModel
@@ -205,7 +206,8 @@ class RewardProcess:
     """
 
     def __init__(self, config: RewardConfig, llm: LLMConfig, goal: str,
-                 trainer: RewardModelTrainerConfig | None = None, queue_batches: int = QUEUE_BATCHES) -> None:
+                 trainer: RewardModelTrainerConfig | None = None, cpu: CPUBudget | None = None,
+                 queue_batches: int = QUEUE_BATCHES) -> None:
         self.skip_empty = llm.annotator.skip_empty
         # spawn: the child must not inherit the learner's threads, torch state or env workers.
         context = multiprocessing.get_context("spawn")
@@ -213,7 +215,7 @@ class RewardProcess:
         self._captions = context.Queue(queue_batches)
         self._process = context.Process(
             target=_serve, name="kudos-reward",
-            args=(child_conn, self._captions, (config, llm, goal, trainer), logging.getLogger().getEffectiveLevel()),
+            args=(child_conn, self._captions, (config, llm, goal, trainer, cpu), logging.getLogger().getEffectiveLevel()),
             daemon=True,
         )
         self._process.start()

@@ -47,9 +47,9 @@ class RewardModelTrainerConfig:
     ``steady_steps_per_s``. ``publish_every``/``eval_every``: steps between weight publications
     and accuracy reports. ``poll_interval_s``: seconds between reads of the source without a
     notification. ``read_limit``: labels per read. ``checkpoint_path``: where to checkpoint
-    (None: never), every ``checkpoint_every_s`` seconds and when stopped. ``torch_threads``:
-    intra-op threads of the trainer thread (set in that thread: a new thread does not inherit the
-    caller's ``torch.set_num_threads``, and extra threads would compete with scoring and rollouts).
+    (None: never), every ``checkpoint_every_s`` seconds and when stopped. The trainer's threads
+    are the run's CPU budget's (:class:`~kudos.cpu.CPUConfig`), not a pace: see
+    :class:`RewardModelTrainer`.
     """
 
     min_labels: int = 32
@@ -64,11 +64,8 @@ class RewardModelTrainerConfig:
     read_limit: int = 10_000
     checkpoint_path: str | None = None
     checkpoint_every_s: float = 300.0
-    torch_threads: int = 1
 
     def __post_init__(self) -> None:
-        if self.torch_threads < 1:
-            raise ConfigError(f"trainer torch_threads must be >= 1, got {self.torch_threads}")
         for name in ("warmup_steps_per_s", "steady_steps_per_s", "poll_interval_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"trainer {name} must be > 0, got {getattr(self, name)}")
@@ -98,7 +95,8 @@ class RewardModelTrainer:
     annotator's new-label callback) makes the trainer read the source right away.
     """
 
-    def __init__(self, model: RewardModel, source: LabelSource, config: RewardModelTrainerConfig | None = None) -> None:
+    def __init__(self, model: RewardModel, source: LabelSource, config: RewardModelTrainerConfig | None = None,
+                 torch_threads: int = 1) -> None:
         if model.learns_from is None:
             raise ConfigError(f"{type(model).__name__} does not learn from labels; there is nothing to train")
         #: The model's gradient-step side; None for a model fitted at once on each read (retrieval).
@@ -110,6 +108,7 @@ class RewardModelTrainer:
         self.model = model
         self.source = source
         self.config = config or RewardModelTrainerConfig()
+        self.torch_threads = torch_threads
         self.cursor = 0
         self._metrics = RewardModelTrainerMetrics()
         self._metrics_lock = threading.Lock()
@@ -214,7 +213,7 @@ class RewardModelTrainer:
 
     def _run(self) -> None:
         cfg = self.config
-        torch.set_num_threads(cfg.torch_threads)
+        torch.set_num_threads(self.torch_threads)
         while not self._stop.is_set():
             now = time.monotonic()
             try:
@@ -292,13 +291,16 @@ class LabelFeed(Protocol):
 
 
 def follow_annotator(
-    model: RewardModel, annotator: LabelFeed, config: RewardModelTrainerConfig | None = None, soft: bool = False
+    model: RewardModel, annotator: LabelFeed, config: RewardModelTrainerConfig | None = None, soft: bool = False,
+    torch_threads: int = 1,
 ) -> RewardModelTrainer:
     """An (unstarted) trainer that learns ``model`` from ``annotator``'s labels.
 
     It reads the annotator's label store for the annotator's prompt and LLM (so labels stored by
     earlier runs count too) and is woken by the annotator whenever new labels are stored.
-    ``soft``: train on answer-token probabilities where the store has them.
+    ``soft``: train on answer-token probabilities where the store has them; ``torch_threads``: the
+    trainer thread's (set in that thread: a new thread does not inherit the caller's
+    ``torch.set_num_threads``).
     """
     wanted = {"classify": "caption", "rank": "pair"}.get(annotator.spec.kind)
     if model.learns_from is not None and wanted != model.learns_from:
@@ -308,7 +310,7 @@ def follow_annotator(
             "classification models and 'rank' annotators with ranking models"
         )
     source = StoreLabelSource(annotator.store, annotator.prompt_hash, annotator.model_id, soft=soft)
-    trainer = RewardModelTrainer(model, source, config)
+    trainer = RewardModelTrainer(model, source, config, torch_threads)
     annotator.subscribe(trainer.notify)
     return trainer
 

@@ -1,7 +1,7 @@
 """The experiment: the whole configuration tree of a training run, shared by both engines.
 
 :class:`KudosConfig` gathers every component's section (``env``, ``reward``, ``llm``, ``appo``,
-``policy``, ``run``, ``diagnostics``); the native runner (:mod:`kudos.rl.runner`) and the RLlib
+``policy``, ``cpu``, ``run``, ``diagnostics``); the native runner (:mod:`kudos.rl.runner`) and the RLlib
 engine (:mod:`kudos.integrations.rllib`) both build from it. It sits above the components it
 gathers, so :mod:`kudos.config` (the YAML/override machinery) stays a leaf. :data:`ALIASES` keeps
 ``config.yaml`` files and ``--set`` overrides written before a key moved loading.
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kudos import config as _config
+from kudos.cpu import CPUConfig
 from kudos.errors import ConfigError
 from kudos.feedback.config import LLMConfig
 from kudos.fsutil import atomic_write
@@ -26,11 +27,11 @@ from kudos.rl.runstats import DiagnosticsConfig
 
 @dataclass
 class EnvConfig:
-    """The NetHack task and how many copies of it are stepped in parallel."""
+    """The NetHack task and how many copies of it are stepped in parallel (by ``cpu.env_workers``
+    processes)."""
 
     task: str = "Score"
     num_envs: int = 16  # B: envs stepped per batch
-    num_workers: int = 2  # env worker processes
     seed: int = 0
     max_episode_steps: int | None = None  # None: the task's default
     macros: Literal["oni", "kudos"] = "oni"  # prompt macros: "oni" (ONI's) or "kudos" (--More-- chains joined, item prompts answered)
@@ -45,7 +46,6 @@ class RunConfig:
     policy: str = "small"  # the preset (kudos.rl.policy.POLICY_PRESETS) the `policy` section's sizes start from
     checkpoint_every_s: float = 300.0
     log_every_s: float = 2.0  # console and TensorBoard cadence
-    torch_threads: int = 1  # intra-op threads of the learner (the envs and the LLM need the rest)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # the learner's: "auto" (cuda when a GPU is visible), "cpu" or "cuda"
     inference: Literal["worker", "policy-worker"] = "worker"  # who acts: "worker" (each rollout worker) or "policy-worker" (one, on the device)
     slots_ahead: int = 1  # free rollout slots each half of a worker's envs holds beyond the one it fills
@@ -60,15 +60,17 @@ class RunConfig:
 
 @dataclass
 class KudosConfig:
-    """Root of the configuration tree: ``env``, ``reward``, ``llm``, ``appo``, ``policy``, ``run``
-    and ``diagnostics``. ``policy``: the network's sizes, starting from the ``run.policy`` preset
-    (``--set run.policy=baseline policy.hidden_size=256``)."""
+    """Root of the configuration tree: ``env``, ``reward``, ``llm``, ``appo``, ``policy``, ``cpu``,
+    ``run`` and ``diagnostics``. ``policy``: the network's sizes, starting from the ``run.policy``
+    preset (``--set run.policy=baseline policy.hidden_size=256``). ``cpu``: the run's CPU budget
+    (worker processes, threads, the LLM's priority; :mod:`kudos.cpu`)."""
 
     env: EnvConfig = field(default_factory=EnvConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     appo: APPOConfig = field(default_factory=APPOConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    cpu: CPUConfig = field(default_factory=CPUConfig)
     run: RunConfig = field(default_factory=RunConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
 
@@ -84,7 +86,13 @@ ALIASES: dict[str, str] = {
     "reward.skip_empty_caption": "llm.annotator.skip_empty",
     "reward.pair_sampling": "llm.annotator.pair_sampling",
     "llm.batch_size": "llm.annotator.batch_size",
-    "llm.nice": "llm.annotator.nice",
+    # The CPU budget, gathered into one section (it was spread over four).
+    "env.num_workers": "cpu.env_workers",
+    "run.torch_threads": "cpu.learner_threads",
+    "llm.threads": "cpu.llm_threads",
+    "reward.trainer.torch_threads": "cpu.reward_trainer_threads",
+    "llm.annotator.nice": "cpu.llm_nice",
+    "llm.nice": "cpu.llm_nice",
     "llm.client_error_limit_s": "llm.http.client_error_limit_s",
 }
 

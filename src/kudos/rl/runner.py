@@ -153,11 +153,16 @@ class TrainingRun:
         self.on_progress = on_progress
         self.progress = Progress()
         self.stats = Stats()
-        torch.set_num_threads(config.run.torch_threads)
+        self.device = resolve_device(config.run.device)
+        self.cpu = config.cpu.resolve(
+            config.env.num_envs, learner_on_gpu=self.device.type == "cuda",
+            llm_in_process=config.reward.type != "none" and config.llm.backend == "embedded",
+        )
+        startup.info("CPU budget: %s", self.cpu.describe())
+        torch.set_num_threads(self.cpu.learner_threads)
         torch.manual_seed(config.env.seed)
         np.random.seed(config.env.seed)
 
-        self.device = resolve_device(config.run.device)
         policy_config = config.policy
         self.policy = NetHackPolicy(policy_config, self.task.num_actions).to(self.device)
         self.learner = Learner(self.policy, config.appo)
@@ -165,7 +170,7 @@ class TrainingRun:
         self.reward: IntrinsicReward | RewardProcess | None = None
         if config.reward.type != "none":
             placement = RewardProcess if config.run.reward_placement == "process" else IntrinsicReward
-            self.reward = placement(config.reward, config.llm, self.task.goal)
+            self.reward = placement(config.reward, config.llm, self.task.goal, cpu=self.cpu)
         # What the run rewarded, per caption, and the reward-hacking diagnostics (kudos report).
         self.run_stats = RunStats(config.diagnostics, config.env.num_envs)
         feed = self.reward.label_feed() if self.reward is not None else None
@@ -177,12 +182,7 @@ class TrainingRun:
             self._restore(checkpoint)
         # Resumed runs play new games: reseed so they do not replay the first run's episodes.
         env_seed = config.env.seed + 1_000_003 * self.progress.updates
-        workers = config.env.num_workers
-        if config.env.num_envs % (2 * workers):
-            raise ConfigError(
-                f"env.num_envs ({config.env.num_envs}) must be a multiple of 2 x env.num_workers ({workers}): "
-                "each worker steps two equal halves"
-            )
+        workers = self.cpu.env_workers
         startup.info("starting %d envs in %d worker processes", config.env.num_envs, workers)
         self.sampler = Sampler(
             self.task,
@@ -306,6 +306,7 @@ class TrainingRun:
         self.tensorboard = SummaryWriter(str(self.output_dir / "tensorboard"))
         # The resolved tree beside the curves (TensorBoard's Text tab), as config.yaml holds it.
         log_config(self.tensorboard, self.config, self.progress.env_steps)
+        self.tensorboard.add_text("cpu_budget", self.cpu.describe(), self.progress.env_steps)
         # The sampler's dispatcher thread mostly waits on worker pipes; with the default 5 ms GIL
         # switch interval a worker could wait that long for its next free slot.
         switch_interval = sys.getswitchinterval()
