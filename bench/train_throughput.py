@@ -23,8 +23,14 @@ process, or in a reward process of their own), each with its ratio to ``kudos no
 ``--rounds N`` alternates all the kudos configurations N times and reports medians, so a busy
 box's drift hits each configuration alike.
 
+``--splits W:L:Q:N,...`` measures kudos's configurations once per CPU budget (the ``cpu`` config
+section): W env workers, L learner threads, Q embedded-LLM threads, LLM niceness N. ``kudos none``
+runs once per distinct W:L (the LLM's share does not touch it) and each classification run is
+compared with the ``none`` run of its W:L; the table at the end is the trade-off between env
+steps/s and labels/s. The default is one split, ``--workers``:1:1:5 (kudos's budget on 2 cores).
+
     python bench/train_throughput.py [--envs 32] [--workers 2] [--warmup 30] [--seconds 90]
-        [--placements thread] [--rounds 1]
+        [--placements thread] [--rounds 1] [--splits 2:1:1:5,2:1:1:0,...]
 """
 
 from __future__ import annotations
@@ -53,6 +59,21 @@ def window_rate(samples: list[tuple[float, float]], warmup: float) -> tuple[floa
     return (window[-1][1] - window[0][1]) / seconds, seconds
 
 
+def parse_split(text: str) -> tuple[int, int, int, int]:
+    """``"W:L:Q:N"`` -> (env workers, learner threads, LLM threads, LLM niceness)."""
+    parts = text.split(":")
+    if len(parts) != 4 or not all(p.isdigit() for p in parts):
+        raise SystemExit(f"a split is W:L:Q:N (four whole numbers), got {text!r}")
+    return tuple(int(p) for p in parts)  # type: ignore[return-value]
+
+
+def split_overrides(text: str) -> list[str]:
+    """The ``cpu`` config overrides of a split."""
+    workers, learner, llm, nice = parse_split(text)
+    return [f"cpu.env_workers={workers}", f"cpu.learner_threads={learner}", f"cpu.llm_threads={llm}",
+            f"cpu.llm_nice={nice}"]
+
+
 def child_kudos(args: argparse.Namespace) -> dict[str, Any]:
     """Runs kudos's TrainingRun until ``warmup + seconds`` after its first update; figures as a dict."""
     import time
@@ -63,7 +84,7 @@ def child_kudos(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         overrides = [
             "env.task=Score", f"reward.type={args.reward}", f"env.num_envs={args.envs}",
-            f"env.num_workers={args.workers}", f"appo.rollout={ROLLOUT}", f"appo.recurrence={ROLLOUT}",
+            *split_overrides(args.budget), f"appo.rollout={ROLLOUT}", f"appo.recurrence={ROLLOUT}",
             "run.steps=1000000000", f"run.output_dir={tmp}/run", "run.log_every_s=1.0",
             "run.checkpoint_every_s=100000", f"llm.store={tmp}/labels.sqlite",
             f"run.reward_placement={args.placement}",
@@ -188,6 +209,9 @@ def main() -> None:
     parser.add_argument("--placements", default="thread",
                         help="run.reward_placement values to measure `kudos classification` with, comma-separated")
     parser.add_argument("--rounds", type=int, default=1, help="times the kudos configurations are alternated")
+    parser.add_argument("--splits", help="CPU budgets W:L:Q:N (env workers, learner threads, LLM threads, LLM "
+                                         "niceness), comma-separated; default --workers:1:1:5")
+    parser.add_argument("--budget", default="2:1:1:5", help=argparse.SUPPRESS)
     parser.add_argument("--child", choices=("kudos", "rllib"), help=argparse.SUPPRESS)
     parser.add_argument("--reward", default="none", help=argparse.SUPPRESS)
     parser.add_argument("--placement", default="thread", help=argparse.SUPPRESS)
@@ -206,10 +230,22 @@ def main() -> None:
         if importlib.util.find_spec("ray") is None:
             sys.exit("Ray RLlib is not installed: pip install 'kudos[ray]' (or pass --skip-rllib)")
         results["rllib ppo"] = run_child(Path(sys.executable), args, "rllib", [])
-    kudos = {"kudos none": ["--reward", "none"]}
-    for placement in args.placements.split(","):
-        name = "kudos classification" + ("" if placement == "thread" else f" ({placement})")
-        kudos[name] = ["--reward", "classification", "--placement", placement]
+    splits = (args.splits or f"{args.workers}:1:1:5").split(",")
+    for split in splits:
+        workers = parse_split(split)[0]
+        if args.envs % (2 * workers):
+            sys.exit(f"--envs {args.envs} must be a multiple of 2 x the split's workers ({split})")
+    single = len(splits) == 1
+    kudos: dict[str, list[str]] = {}
+    baseline: dict[str, str] = {}  # classification configuration -> its `none` configuration
+    for split in splits:
+        none = "kudos none" + ("" if single else " " + ":".join(split.split(":")[:2]))
+        kudos[none] = ["--reward", "none", "--budget", split]
+        for placement in args.placements.split(","):
+            name = ("kudos classification" + ("" if placement == "thread" else f" ({placement})")
+                    + ("" if single else f" {split}"))
+            kudos[name] = ["--reward", "classification", "--placement", placement, "--budget", split]
+            baseline[name] = none
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in kudos}
     for _ in range(args.rounds):
         for name, extra in kudos.items():
@@ -228,13 +264,21 @@ def main() -> None:
             line += f"; ray {r['ray']}"
         line += f"; {r['params']:,} parameters"
         print(f"{line}; load average {r['load_before']:.2f} -> {r['load_after']:.2f}")
-    none = results["kudos none"]["steps_per_s"]
     if "rllib ppo" in results:
+        none = results[baseline[next(iter(baseline))]]["steps_per_s"]
         ratio = none / results["rllib ppo"]["steps_per_s"]
         print(f"kudos none / rllib ppo: {ratio:.2f}x (target >= 1.0)")
-    for name in kudos:
-        if name != "kudos none":
-            print(f"{name} / kudos none: {results[name]['steps_per_s'] / none:.2f}x (target >= 0.7)")
+    for name, none_name in baseline.items():
+        print(f"{name} / {none_name}: {results[name]['steps_per_s'] / results[none_name]['steps_per_s']:.2f}x "
+              "(target >= 0.75 at the default budget)")
+    if not single:
+        print("\nCPU budget trade-off (W:L:Q:N = env workers : learner threads : LLM threads : LLM niceness)")
+        print("| split | none env steps/s | classification env steps/s | ratio | labels/s |")
+        print("|---|---|---|---|---|")
+        for name, none_name in baseline.items():
+            r, n = results[name], results[none_name]
+            print(f"| {name.removeprefix('kudos classification ')} | {n['steps_per_s']:,.0f} | "
+                  f"{r['steps_per_s']:,.0f} | {r['steps_per_s'] / n['steps_per_s']:.2f}x | {r['labels_per_s']:.2f} |")
 
 
 if __name__ == "__main__":
