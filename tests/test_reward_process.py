@@ -1,7 +1,8 @@
 """The reward side in its own process (kudos.rewards.service.RewardProcess), against a stand-in
 LLM server (bench/stand_in_llm.py, not a model): labels arrive, the learner's snapshot version
 advances and scores like the child's model, classification labels reach the learner's feed, the
-checkpoint state round-trips, a misconfigured endpoint is the same one-line error as in the
+checkpoint state round-trips (with ranking's normalisation statistics, which scoring moves in the
+learner), a misconfigured endpoint is the same one-line error as in the
 learner's process, and a dead child or a killed learner leaves no hang and no process behind."""
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from kudos.feedback.backend import LLMConfigError
 from kudos.feedback.config import LLMConfig
 from kudos.feedback.embedded import MODEL_ID
 from kudos.rewards.intrinsic import RewardConfig, scoring_model
-from kudos.rewards.service import RewardProcess, RewardProcessError
+from kudos.rewards.service import RewardProcess, RewardProcessError, scoring_statistics
 from kudos.rewards.trainer import RewardModelTrainerConfig
 
 from test_llm_http import FaultyLLMServer  # the fault-injecting proxy
@@ -102,6 +103,44 @@ def test_a_learned_model_trains_in_the_child_and_its_final_state_survives_close(
     child = scoring_model(_reward("classification"), "score")
     child.load_state_dict(state["model"])
     assert child.version >= process.snapshot.version
+
+
+def test_ranking_scores_in_the_learner_and_its_statistics_reach_the_checkpoint(llm: StandInLLM,
+                                                                               tmp_path: Path) -> None:
+    """Online ranking: pairs are labelled and the ranker trains in the child; scoring in the learner
+    moves the normalisation statistics, and those (not the child's untouched ones) go into the
+    checkpoint, so the first snapshot a resumed learner takes scores as the old one would have."""
+    config = LLMConfig(backend=llm.url, store=str(tmp_path / "labels.sqlite"))
+    process = RewardProcess(_reward("ranking"), config, "score").start()
+    try:
+        _wait(process, lambda: process.metrics()["reward_model/0/steps"] > 0 and process.snapshot.version > 1)
+        for _ in range(20):
+            process(CAPTIONS)
+        learner = scoring_statistics(process.snapshot.model)[0]["stats"]
+        assert learner["count"] >= 20 * (len(CAPTIONS) - 1)
+        version = process.snapshot.version  # a newer snapshot keeps the learner's statistics
+        _wait(process, lambda: process.snapshot.version > version)
+        assert scoring_statistics(process.snapshot.model)[0]["stats"] == learner
+        saved = process.state_dict()["model"]["normalizer"]["stats"]
+        assert (saved["count"], saved["mean"]) == (learner["count"], learner["mean"])
+        for _ in range(5):
+            process(CAPTIONS)
+    finally:
+        process.close()
+    state = process.state_dict()
+    final = scoring_statistics(process.snapshot.model)[0]["stats"]
+    assert state["model"]["normalizer"]["stats"] == final and final["count"] > learner["count"]
+    expected = scoring_model(_reward("ranking"), "score")  # the checkpoint's weights and statistics
+    expected.load_state_dict(state["model"])
+    resumed = RewardProcess(_reward("ranking"), config, "score")
+    try:
+        resumed.load_state_dict(state)
+        resumed.start()
+        assert scoring_statistics(resumed.snapshot.model)[0]["stats"] == final
+        for _ in range(3):  # and it moves them as the old learner would have
+            np.testing.assert_array_equal(resumed(CAPTIONS), expected(CAPTIONS))
+    finally:
+        resumed.close()
 
 
 def test_a_misconfigured_endpoint_is_the_learners_one_line_error(llm: StandInLLM, tmp_path: Path) -> None:
