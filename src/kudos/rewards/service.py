@@ -73,6 +73,14 @@ def load_scoring_statistics(model: RewardModel, states: list[dict[str, Any]]) ->
         normalizer.load_state_dict(state)
 
 
+def carry_scoring_statistics(previous: RewardModel | None, snapshot: RewardModel) -> RewardModel:
+    """``snapshot`` (a newer one, arriving with the trainer's untouched statistics) scoring on
+    with the statistics that scoring ``previous`` moved; ``previous`` None: its own, loaded
+    afresh all the same (a snapshot Ray unpickled holds read-only arrays that scoring updates)."""
+    load_scoring_statistics(snapshot, scoring_statistics(snapshot if previous is None else previous))
+    return snapshot
+
+
 # --- the child -------------------------------------------------------------------------------
 
 
@@ -261,9 +269,8 @@ class RewardProcess:
 
     def _take(self, reply: tuple[Snapshot | None, list[tuple[str, int]]]) -> None:
         snapshot, labels = reply
-        if snapshot is not None:
-            if self.snapshot is not None:  # scoring's statistics stay the learner's
-                load_scoring_statistics(snapshot.model, scoring_statistics(self.snapshot.model))
+        if snapshot is not None:  # scoring's statistics stay the learner's
+            carry_scoring_statistics(self.snapshot.model if self.snapshot else None, snapshot.model)
             self.snapshot = snapshot
         if self._feed is not None:
             self._feed.publish(labels)
