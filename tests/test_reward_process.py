@@ -3,12 +3,14 @@ LLM server (bench/stand_in_llm.py, not a model): labels arrive, the learner's sn
 advances and scores like the child's model, classification labels reach the learner's feed, the
 checkpoint state round-trips (with ranking's normalisation statistics, which scoring moves in the
 learner), a misconfigured endpoint is the same one-line error as in the
-learner's process, and a dead child or a killed learner leaves no hang and no process behind."""
+learner's process, and a dead child or a killed learner leaves no hang, no process and no shared
+memory behind (a SIGKILLed `kudos train` resumes from its checkpoint)."""
 
 from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -26,6 +28,7 @@ from kudos.rewards.service import RewardProcess, RewardProcessError, scoring_sta
 from kudos.rewards.trainer import RewardModelTrainerConfig
 
 from test_llm_http import FaultyLLMServer  # the fault-injecting proxy
+from test_workers import _wait_gone  # waits for pids to exit (a zombie has exited)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from stand_in_llm import StandInLLM  # noqa: E402  (the stand-in server, shared with the benches)
@@ -236,3 +239,80 @@ def test_a_training_run_with_the_reward_process_checkpoints_and_resumes(llm: Sta
     finally:
         resumed.close()
     assert not resumed.reward._process.is_alive()
+
+
+def _group(pgid: int) -> list[int]:
+    """The processes of process group ``pgid``, its leader left out."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text() if entry.isdigit() else ""
+        except OSError:  # exited meanwhile
+            continue
+        if stat and int(stat[stat.rindex(")") + 2:].split()[2]) == pgid and int(entry) != pgid:
+            pids.append(int(entry))
+    return pids
+
+
+def _shared_memory(pids: list[int]) -> set[str]:
+    """The /dev/shm files ``pids`` map (named semaphores, multiprocessing's arenas), by name."""
+    names = set()
+    for pid in pids:
+        try:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+        except OSError:
+            continue
+        names |= {line.split("/dev/shm/")[1].removesuffix(" (deleted)") for line in maps.splitlines()
+                  if "/dev/shm/" in line}
+    return names
+
+
+@pytest.mark.slow
+def test_a_sigkilled_learner_leaves_nothing_behind_and_the_run_resumes(llm: StandInLLM, tmp_path: Path) -> None:
+    """`run.reward_placement=process`: SIGKILL the learner alone (not its process group) after a
+    checkpoint with labels: its rollout workers and its reward process exit with it, no shared
+    memory of the run is left in /dev/shm, and `--resume` continues from the checkpoint's step
+    count to the end with the labels still in the store."""
+    from kudos.rl.checkpoint import load_checkpoint
+
+    run, store = tmp_path / "run", tmp_path / "labels.sqlite"
+    common = ["--llm", llm.url, "--store", str(store), "--set", "env.num_workers=1", "--set", "appo.rollout=16",
+              "--set", "run.reward_placement=process", "--set", "reward.trainer.poll_interval_s=0.1"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    learner = subprocess.Popen([sys.executable, "-m", "kudos", "train", "--reward", "retrieval", "--num-envs", "4",
+                                "--steps", "1000000", "--output", str(run), "--set", "run.checkpoint_every_s=1",
+                                *common], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not ((run / "checkpoint.pt").is_file() and load_checkpoint(run)["reward"]["model"]["table"]):
+            assert learner.poll() is None, learner.stderr.read()
+            assert time.monotonic() < deadline, "no checkpoint with labels within 240 s"
+            time.sleep(0.5)
+        children = _group(learner.pid)
+        assert len(children) >= 2, children  # a rollout worker and the reward process, at least
+        shared = _shared_memory([learner.pid, *children])
+        learner.send_signal(signal.SIGKILL)  # the leader only: the rest must follow on their own
+        learner.wait(timeout=30)
+        assert _wait_gone(children) == [], "processes outlived the learner"
+    finally:
+        for pid in [learner.pid, *_group(learner.pid)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert not [name for name in shared if (Path("/dev/shm") / name).exists()]
+    before = load_checkpoint(run)["progress"]
+    with sqlite3.connect(store) as db:
+        labels = db.execute("SELECT COUNT(*) FROM labels").fetchone()[0]
+    assert labels > 0
+
+    target = before["env_steps"] + 2 * 64  # two more updates of 16 steps x 4 envs
+    resumed = subprocess.run([sys.executable, "-m", "kudos", "train", "--resume", str(run), "--steps", str(target),
+                              *common], capture_output=True, text=True, timeout=300, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    after = load_checkpoint(run)
+    assert after["progress"]["env_steps"] == target and after["progress"]["updates"] == before["updates"] + 2
+    assert after["reward"]["model"]["table"]
+    with sqlite3.connect(store) as db:
+        assert db.execute("SELECT COUNT(*) FROM labels").fetchone()[0] >= labels
