@@ -268,11 +268,14 @@ def _shared_memory(pids: list[int]) -> set[str]:
 
 
 @pytest.mark.slow
-def test_a_sigkilled_learner_leaves_nothing_behind_and_the_run_resumes(llm: StandInLLM, tmp_path: Path) -> None:
-    """`run.reward_placement=process`: SIGKILL the learner alone (not its process group) after a
-    checkpoint with labels: its rollout workers and its reward process exit with it, no shared
-    memory of the run is left in /dev/shm, and `--resume` continues from the checkpoint's step
-    count to the end with the labels still in the store."""
+@pytest.mark.parametrize("whole_group", [False, True])
+def test_a_sigkilled_learner_leaves_nothing_behind_and_the_run_resumes(llm: StandInLLM, tmp_path: Path,
+                                                                       whole_group: bool) -> None:
+    """`run.reward_placement=process`: SIGKILL the learner alone after a checkpoint with labels: its
+    rollout workers, its reward process and its resource tracker exit with it; or SIGKILL its whole
+    process group. Either way no shared memory of the run is left in /dev/shm (named semaphores
+    included, which the resource tracker would remove), and `--resume` continues from the
+    checkpoint's step count to the end with the labels still in the store."""
     from kudos.rl.checkpoint import load_checkpoint
 
     run, store = tmp_path / "run", tmp_path / "labels.sqlite"
@@ -292,7 +295,10 @@ def test_a_sigkilled_learner_leaves_nothing_behind_and_the_run_resumes(llm: Stan
         children = _group(learner.pid)
         assert len(children) >= 2, children  # a rollout worker and the reward process, at least
         shared = _shared_memory([learner.pid, *children])
-        learner.send_signal(signal.SIGKILL)  # the leader only: the rest must follow on their own
+        if whole_group:
+            os.killpg(learner.pid, signal.SIGKILL)
+        else:
+            learner.send_signal(signal.SIGKILL)  # the leader only: the rest must follow on their own
         learner.wait(timeout=30)
         assert _wait_gone(children) == [], "processes outlived the learner"
     finally:
