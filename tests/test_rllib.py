@@ -5,6 +5,9 @@ kudos's policy. Skipped when Ray is not installed (``pip install 'kudos[ray]'``)
 from __future__ import annotations
 
 import dataclasses
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,15 +19,24 @@ from ray.rllib.core.columns import Columns  # noqa: E402
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode  # noqa: E402
 
 from kudos.envs import NUM_ACTIONS  # noqa: E402
+from kudos.feedback.config import LLMConfig  # noqa: E402
+from kudos.feedback.embedded import MODEL_ID  # noqa: E402
 from kudos.integrations.rllib import (  # noqa: E402
     IntrinsicRewardConnector,
     NetHackRLModule,
+    RewardService,
     RLlibNetHackEnv,
 )
 from kudos.rewards import CaptionLabel, ClassifierConfig, ClassifierReward, RewardShaper, shaped_rewards  # noqa: E402
 from kudos.rewards.shaping import NormalizerConfig, ShapingConfig  # noqa: E402
+from kudos.rewards.intrinsic import RewardConfig  # noqa: E402
+from kudos.rewards.service import scoring_statistics  # noqa: E402
 from kudos.rewards.snapshot import scoring_snapshot  # noqa: E402
+from kudos.rewards.trainer import RewardModelTrainerConfig  # noqa: E402
 from kudos.rl.policy import PolicyConfig  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from stand_in_llm import StandInLLM  # noqa: E402  (the stand-in server, shared with the benches)
 
 T, B = 40, 3
 
@@ -168,3 +180,41 @@ def test_module_runs_kudos_policy_with_state_and_target() -> None:
                                          Columns.STATE_IN: state})
         assert torch.allclose(step[Columns.ACTION_DIST_INPUTS][:, 0], out[Columns.ACTION_DIST_INPUTS][:, t], atol=1e-5)
         state = step[Columns.STATE_OUT]
+
+
+@pytest.mark.slow
+def test_ranking_statistics_carry_over_to_every_new_snapshot(tmp_path: Path) -> None:
+    """Online ranking on Ray: the normalisation statistics that the connector's scoring moves
+    stay the learner's when a newer snapshot arrives from the service (whose own are untouched),
+    and they go with the connector's state into a checkpoint."""
+    import ray
+
+    llm = StandInLLM(MODEL_ID)
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        service = RewardService.start({
+            "reward": RewardConfig(type="ranking", trainer=RewardModelTrainerConfig(poll_interval_s=0.1, min_labels=8)),
+            "llm": LLMConfig(backend=llm.url, store=str(tmp_path / "labels.sqlite")), "goal": "score"})
+        connector = IntrinsicRewardConnector(shaping=ShapingConfig())
+        connector.attach(service, ray.get(service.snapshot_since.remote(None, 0)))
+        captions = [f"You kill the newt number {i}!" for i in range(12)] + ["It's solid stone."]
+        counts = [0.0]
+        deadline = time.monotonic() + 120
+        while connector.version < 3:  # two new snapshots taken in a row
+            assert time.monotonic() < deadline, ray.get(service.metrics.remote())
+            episode = SingleAgentEpisode(observations=[0] * (len(captions) + 1), actions=[0] * len(captions),
+                                         rewards=[0.0] * len(captions), len_lookback_buffer=0,
+                                         infos=[{}] + [{"caption": c, "caption_count": 1} for c in captions])
+            connector(rl_module=None, batch={}, episodes=[episode])
+            counts.append(scoring_statistics(connector.scorer)[0]["stats"]["count"])
+            time.sleep(0.1)
+        assert counts == sorted(counts) and counts[-1] == pytest.approx(len(captions) * (len(counts) - 1), abs=1e-3)
+        state = connector.get_state()
+        resumed = IntrinsicRewardConnector(shaping=ShapingConfig())
+        resumed.attach(service, ray.get(service.snapshot_since.remote(None, 0)))
+        resumed.set_state(state)
+        assert scoring_statistics(resumed.scorer) == scoring_statistics(connector.scorer)
+        ray.get(service.close.remote())
+    finally:
+        ray.shutdown()
+        llm.close()

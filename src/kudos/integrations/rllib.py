@@ -51,6 +51,7 @@ from kudos.rl.experiment import KudosConfig
 from kudos.feedback.config import LLMConfig
 from kudos.rewards.base import RewardModel
 from kudos.rewards.intrinsic import IntrinsicReward, RewardConfig
+from kudos.rewards.service import carry_scoring_statistics, load_scoring_statistics, scoring_statistics
 from kudos.rewards.shaping import RewardShaper, ShapingConfig
 from kudos.rewards.snapshot import Snapshot, SnapshotPublisher
 from kudos.rewards.trainer import RewardModelTrainerConfig
@@ -219,7 +220,8 @@ class IntrinsicRewardConnector(ConnectorV2):
     episode across fragments. The batch's captions go to the
     :class:`RewardService` without waiting (all of them, repeats included, as kudos's learner
     submits them: ranking samples pairs by frequency); a newer snapshot is asked for in the
-    background and used from the batch after it arrived.
+    background and used from the batch after it arrived, with the normalisation statistics this
+    connector's scoring moved (a ranker's; they go into :meth:`get_state`).
 
     Args:
         shaping: the run's shaping coefficients (``reward.shaping_for(task coefficient)``).
@@ -251,7 +253,13 @@ class IntrinsicRewardConnector(ConnectorV2):
         """Use ``service`` (a :class:`RewardService` actor) from now on, starting with ``snapshot``."""
         self.service, self._pending = service, None
         if snapshot is not None:
-            self.epoch, self.version, self.scorer = snapshot
+            self._take(snapshot)
+
+    def _take(self, snapshot: Snapshot) -> None:
+        """Score with ``snapshot`` from now on, with the statistics scoring moved here so far (the
+        snapshot brings the service's, which no scoring moves)."""
+        self.epoch, self.version = snapshot.epoch, snapshot.version
+        self.scorer = carry_scoring_statistics(self.scorer, snapshot.model)
 
     def _refresh(self) -> None:
         """Take a snapshot that arrived since the last batch and ask for the next one; never waits."""
@@ -268,7 +276,7 @@ class IntrinsicRewardConnector(ConnectorV2):
                 log.warning("reward service call failed (%s); keeping snapshot %d", type(exc).__name__, self.version)
                 newer = None
             if newer is not None:
-                self.epoch, self.version, self.scorer = newer
+                self._take(newer)
         self._pending = self.service.snapshot_since.remote(self.epoch, self.version)
 
     def _submit(self, captions: list[str]) -> None:
@@ -333,7 +341,8 @@ class IntrinsicRewardConnector(ConnectorV2):
 
     def get_state(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         return {"shaper": self.shaper.state_dict(), "run_stats": self.run_stats.state_dict(),
-                "episode_intrinsic": dict(self.episode_intrinsic)}
+                "episode_intrinsic": dict(self.episode_intrinsic),
+                "scoring": scoring_statistics(self.scorer) if self.scorer is not None else []}
 
     def set_state(self, state: dict[str, Any]) -> None:
         if "shaper" in state:
@@ -341,6 +350,8 @@ class IntrinsicRewardConnector(ConnectorV2):
         if "run_stats" in state:
             self.run_stats.load_state_dict(state["run_stats"])
         self.episode_intrinsic = dict(state.get("episode_intrinsic", {}))
+        if self.scorer is not None:  # the next snapshot attached (a resumed service's) takes them on
+            load_scoring_statistics(self.scorer, state.get("scoring", []))
 
 
 def _reward_connectors(learner: Any) -> list[IntrinsicRewardConnector]:

@@ -7,6 +7,11 @@ behind it a spawned child owns the ``IntrinsicReward``. The learner scores with 
 :mod:`versioned snapshot <kudos.rewards.snapshot>` it holds, and asks for a newer one without
 waiting; captions go over a bounded queue and are dropped (and counted) when it is full.
 
+The queue is a thread of the learner writing to a pipe of its own, not a ``multiprocessing``
+queue: a spawned child's queue has named semaphores in ``/dev/shm`` that only the learner's
+resource tracker removes, so a run killed with its whole process group (the tracker with it)
+would leave them behind. Pipes have no name; the kernel frees them with the last process.
+
 One pipe carries requests and replies in order; at most one snapshot request is in flight, and
 a blocking request (``metrics``, ``state_dict``) first takes its reply. An error in the child
 (the one-line :class:`~kudos.feedback.backend.LLMConfigError` of a misconfigured endpoint)
@@ -18,11 +23,13 @@ the pipe closes (the learner exited or was killed).
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import multiprocessing
 import pickle
 import queue
 import signal
+import threading
 import time
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple, Sequence
@@ -74,10 +81,18 @@ def load_scoring_statistics(model: RewardModel, states: list[dict[str, Any]]) ->
         normalizer.load_state_dict(state)
 
 
+def carry_scoring_statistics(previous: RewardModel | None, snapshot: RewardModel) -> RewardModel:
+    """``snapshot`` (a newer one, arriving with the trainer's untouched statistics) scoring on
+    with the statistics that scoring ``previous`` moved; ``previous`` None: its own, loaded
+    afresh all the same (a snapshot Ray unpickled holds read-only arrays that scoring updates)."""
+    load_scoring_statistics(snapshot, scoring_statistics(snapshot if previous is None else previous))
+    return snapshot
+
+
 # --- the child -------------------------------------------------------------------------------
 
 
-def _serve(conn: Connection, captions: Any, args: tuple[Any, ...], log_level: int) -> None:
+def _serve(conn: Connection, captions: Connection, args: tuple[Any, ...], log_level: int) -> None:
     """The child's main loop: build the IntrinsicReward, then answer requests and feed queued
     captions to it until ``close`` or until the learner's end of the pipe closes."""
     logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
@@ -104,10 +119,10 @@ def _serve(conn: Connection, captions: Any, args: tuple[Any, ...], log_level: in
     try:
         while True:
             try:
-                while fatal is None:
-                    reward.submit(captions.get_nowait())
-            except queue.Empty:
-                pass
+                while fatal is None and captions.poll():
+                    reward.submit(_recv(captions))
+            except (EOFError, OSError):  # the learner is gone
+                return
             except KudosError as exc:  # an annotator stopped: the learner learns at its next request
                 fatal = exc
             try:
@@ -147,6 +162,16 @@ def _serve(conn: Connection, captions: Any, args: tuple[Any, ...], log_level: in
                 _send(conn, ("ok", reply))
     finally:
         reward.close()
+
+
+def _write(batches: queue.Queue[list[str] | None], conn: Connection) -> None:
+    """The learner's caption writer: sends ``batches`` to the child until None or a closed pipe."""
+    with conn:
+        while (batch := batches.get()) is not None:
+            try:
+                _send(conn, batch)
+            except OSError:  # the child is gone (its error reaches the learner through the other pipe)
+                return
 
 
 def _send(conn: Connection, message: Any) -> None:
@@ -212,20 +237,26 @@ class RewardProcess:
         # spawn: the child must not inherit the learner's threads, torch state or env workers.
         context = multiprocessing.get_context("spawn")
         self._conn, child_conn = context.Pipe()
-        self._captions = context.Queue(queue_batches)
+        child_captions, captions = context.Pipe(duplex=False)
         self._process = context.Process(
             target=_serve, name="kudos-reward",
-            args=(child_conn, self._captions, (config, llm, goal, trainer, cpu), logging.getLogger().getEffectiveLevel()),
+            args=(child_conn, child_captions, (config, llm, goal, trainer, cpu), logging.getLogger().getEffectiveLevel()),
             daemon=True,
         )
         self._process.start()
-        child_conn.close()  # the child's end lives in the child only: its exit closes the pipe
+        # The child's ends live in the child only: its exit closes the pipes.
+        child_conn.close()
+        child_captions.close()
         self._closed = False
         self._pending = False  # a snapshot request is in flight
         self.snapshot: Snapshot | None = None
         self.dropped = 0
         key = self._reply()
         self._feed = LabelFeed(*key) if key is not None else None
+        self._captions: queue.Queue[list[str] | None] = queue.Queue(queue_batches)
+        self._writer = threading.Thread(target=_write, args=(self._captions, captions), name="kudos-reward-captions",
+                                        daemon=True)
+        self._writer.start()
         self._final: tuple[dict[str, float], dict[str, Any]] | None = None  # metrics, state at close
 
     # --- the pipe --------------------------------------------------------------------------
@@ -263,9 +294,8 @@ class RewardProcess:
 
     def _take(self, reply: tuple[Snapshot | None, list[tuple[str, int]]]) -> None:
         snapshot, labels = reply
-        if snapshot is not None:
-            if self.snapshot is not None:  # scoring's statistics stay the learner's
-                load_scoring_statistics(snapshot.model, scoring_statistics(self.snapshot.model))
+        if snapshot is not None:  # scoring's statistics stay the learner's
+            carry_scoring_statistics(self.snapshot.model if self.snapshot else None, snapshot.model)
             self.snapshot = snapshot
         if self._feed is not None:
             self._feed.publish(labels)
@@ -352,6 +382,8 @@ class RewardProcess:
                 log.warning("the reward process did not stop in 30 s; terminating it")
                 self._process.terminate()
                 self._process.join()
-            self._captions.close()
-            self._captions.cancel_join_thread()
+            # The child is gone: the writer stops at this, or at its next write (a broken pipe).
+            with contextlib.suppress(queue.Full):
+                self._captions.put_nowait(None)
+            self._writer.join()
             self._conn.close()

@@ -91,10 +91,10 @@ class RecentWindow:
         return {"values": self.values.tolist(), "filled": self.filled, "position": self.position}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        values = np.asarray(state["values"], dtype=np.float32)
+        values = np.array(state["values"], dtype=np.float32)
         if values.shape != self.values.shape:
             raise ConfigError(f"saved window holds {values.size} values, this one {self.values.size}")
-        self.values[:] = values
+        self.values = values  # its own, writable array (one Ray unpickled is read-only)
         self.filled, self.position = int(state["filled"]), int(state["position"])
 
 
