@@ -248,6 +248,7 @@ class IntrinsicRewardConnector(ConnectorV2):
         self._pending: Any = None
         self.run_stats = RunStats(diagnostics or DiagnosticsConfig(), num_envs=0)
         self._totals = np.zeros(4)  # since the last figures(): steps, env reward, intrinsic, nonzero intrinsic
+        self.steps_shaped = 0  # env steps this connector shaped, all fragments (not checkpointed)
 
     def attach(self, service: Any, snapshot: Snapshot | None) -> None:
         """Use ``service`` (a :class:`RewardService` actor) from now on, starting with ``snapshot``."""
@@ -316,6 +317,7 @@ class IntrinsicRewardConnector(ConnectorV2):
             self.run_stats.record_fragment(episode.id_, [c[0] for c in captions[start:stop]], counts[start:stop, 0],
                                            episode.is_done, r_env[start:stop, 0], r_int[start:stop, 0])
         self._totals += (len(r_env), r_env.sum(), r_int.sum(), np.count_nonzero(r_int))
+        self.steps_shaped += len(r_env)
         return total[:, 0], r_int[:, 0]
 
     def figures(self) -> dict[str, float]:
