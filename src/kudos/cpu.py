@@ -13,8 +13,9 @@ The rules (``C``: cores this process may use, ``os.sched_getaffinity``, or ``cpu
 - ``learner_threads``: 1 when the learner is on a GPU or up to 4 cores, else ``min(8, C // 4)``.
 - ``env_workers``: the most workers, at least 2 where ``env.num_envs`` allows, that fit in the
   cores left once the learner (and an in-process LLM) have theirs and split ``env.num_envs`` into
-  equal halves. On 2 cores that is 2 workers beside the learner and the LLM: oversubscribed, as
-  measured best there (bench/train_throughput.py ``--splits``).
+  equal halves. On 2 cores that is 2 workers beside the learner and the LLM: oversubscribed, the
+  most env steps/s measured there; one worker doubled the LLM's labels/s for 11% fewer env steps/s
+  (docs/results.md, bench/train_throughput.py ``--splits``).
 """
 
 from __future__ import annotations
