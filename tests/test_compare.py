@@ -107,6 +107,16 @@ def test_curves_without_common_steps_are_left_out_with_a_warning(tmp_path, caplo
     assert not result.finals and "share no env steps" in caplog.text
 
 
+def test_runs_that_meet_in_one_step_are_compared_there(tmp_path):
+    """A short run logs its episodes only in its final report: its one point must still count
+    (the smoke grid lost its `none` row on a quiet box when it did not)."""
+    a = _run(tmp_path, "a", reward="none", seed=0, success=lambda s: 0.2, first_step=1000)
+    b = _run(tmp_path, "b", reward="none", seed=1, success=lambda s: 0.4)
+    result = compare([load_run(a), load_run(b)], resamples=100)
+    final = next(iter(e for (_, _, tag), e in result.finals.items() if tag == "episode/success_rate"))
+    assert final.seeds == 2 and final.mean == pytest.approx(0.3)
+
+
 def test_bootstrap_of_identical_seeds_is_a_point():
     mean, low, high = bootstrap(np.full((4, 3), 2.5), resamples=50)
     assert (mean == 2.5).all() and (low == 2.5).all() and (high == 2.5).all()

@@ -156,12 +156,13 @@ def group_runs(runs: list[Run]) -> list[Group]:
 
 def step_grid(runs: list[Run], tag: str, points: int) -> np.ndarray | None:
     """``points`` env steps from the latest first log to the earliest last log of ``tag`` over
-    ``runs`` (None if no run logged it, or their ranges do not overlap)."""
+    ``runs`` (None if no run logged it, or their ranges do not overlap). Ranges that meet in one
+    step (a short run logs its episodes only in its final report) give that step, repeated."""
     curves = [run.curves[tag] for run in runs if tag in run.curves]
     if not curves:
         return None
     start, stop = max(c[0][0] for c in curves), min(c[0][-1] for c in curves)
-    if stop <= start:
+    if stop < start:
         return None
     return np.linspace(start, stop, points)
 
