@@ -456,7 +456,7 @@ def appo_config(config: KudosConfig, num_env_runners: int = 2, envs_per_runner: 
     per_runner = envs_per_runner or max(1, config.env.num_envs // max(1, num_env_runners))
     appo = config.appo
     # The service's LLM and trainer threads from the run's budget; the env runners are Ray's.
-    cpu = config.cpu.resolve(None, llm_in_process=config.reward.type != "none" and config.llm.backend == "embedded")
+    cpu = config.cpu.resolve(None, llm_in_process=config.llm_in_process)
     settings = {"reward": config.reward, "llm": config.llm, "goal": task.goal, "trainer": trainer,
                 "diagnostics": config.diagnostics, "cpu": cpu}
     rllib = (

@@ -74,6 +74,11 @@ class KudosConfig:
     run: RunConfig = field(default_factory=RunConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
 
+    @property
+    def llm_in_process(self) -> bool:
+        """The embedded LLM labels on this box's cores (the CPU budget reserves them)."""
+        return self.reward.type != "none" and self.llm.backend == "embedded"
+
 
 #: The file in a run's output directory that holds its resolved config.
 CONFIG_NAME = "config.yaml"

@@ -156,7 +156,7 @@ class TrainingRun:
         self.device = resolve_device(config.run.device)
         self.cpu = config.cpu.resolve(
             config.env.num_envs, learner_on_gpu=self.device.type == "cuda",
-            llm_in_process=config.reward.type != "none" and config.llm.backend == "embedded",
+            llm_in_process=config.llm_in_process,
         )
         startup.info("CPU budget: %s", self.cpu.describe())
         torch.set_num_threads(self.cpu.learner_threads)
