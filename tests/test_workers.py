@@ -32,11 +32,22 @@ def _config(**overrides) -> SamplerConfig:
     return SamplerConfig(**settings)
 
 
-def _wait_gone(pids: list[int], seconds: float = 30.0) -> list[int]:
+def _wait_gone(pids: list[int], seconds: float = 30.0) -> list[str]:
+    """What is left of ``pids`` after ``seconds``: each survivor's name, state and kernel wait
+    channel (then it is killed, so a failure leaves nothing behind either)."""
     deadline = time.time() + seconds
     while time.time() < deadline and any(_alive(p) for p in pids):
         time.sleep(0.1)
-    return [p for p in pids if _alive(p)]
+    left = []
+    for pid in (p for p in pids if _alive(p)):
+        try:
+            status = dict(line.split(":\t", 1) for line in open(f"/proc/{pid}/status").read().splitlines() if ":\t" in line)
+            wchan = open(f"/proc/{pid}/wchan").read()
+            left.append(f"{pid} {status.get('Name')} {status.get('State')} wchan={wchan} threads={status.get('Threads')}")
+            os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError):
+            pass  # gone meanwhile
+    return left
 
 
 def test_every_slot_continues_where_the_last_one_of_its_envs_stopped_and_the_learner_trains_on_them():
@@ -172,6 +183,43 @@ def test_nothing_outlives_a_sigkilled_learner():
         proc.wait(timeout=10)
     assert _wait_gone(pids) == []
     assert not [name for name in os.listdir("/dev/shm") if name.startswith(f"pym-{proc.pid}-")]
+
+
+def test_a_worker_whose_clean_up_hangs_after_its_parent_died_is_ended_by_the_deadline():
+    """The exit after the parent's death is bounded: a clean-up that never returns still ends
+    within the deadline, by SIGALRM's default action."""
+    script = textwrap.dedent(
+        """
+        import time
+        from kudos.rl import workers
+        workers._EXIT_DEADLINE_S = 1
+        workers._die_with_parent()
+        print("ready", flush=True)
+        try:
+            while True:
+                workers._exit_if_orphaned()
+                time.sleep(0.01)
+        finally:
+            while True:  # a clean-up that never returns, whatever interrupts it
+                try:
+                    time.sleep(600)
+                except SystemExit:
+                    pass
+        """
+    )
+    # The worker's parent is an intermediate shell that we SIGKILL, like a learner.
+    parent = subprocess.Popen(
+        ["/bin/sh", "-c", f'{sys.executable} -c "$0" & echo $!; wait', script], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        pid = int(parent.stdout.readline())
+        assert parent.stdout.readline().strip() == "ready"
+        started = time.time()
+    finally:
+        parent.kill()
+        parent.wait(timeout=10)
+    assert _wait_gone([pid], seconds=20) == []
+    assert time.time() - started < 15
 
 
 def test_workers_size_the_policy_to_the_tasks_action_set():

@@ -53,6 +53,8 @@ INFERENCE_MODES = ("worker", "policy-worker")
 # Seed offset between generations of a restarted worker, so its envs do not replay old episodes.
 _RESTART_SEED_STRIDE = 1_000_003
 _PR_SET_PDEATHSIG = 1
+# Seconds a worker leaving on its own (parent gone, SIGTERM) may take before SIGALRM ends it.
+_EXIT_DEADLINE_S = 10
 # Waiting on a shared counter: yield the core for this long, then sleep in short naps. Waking a
 # sleeping process costs about one NetHack step on a VM; spinning forever would steal the core.
 _SPIN_SECONDS = 0.0005
@@ -146,7 +148,18 @@ class Control:
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
-    raise SystemExit(0)  # unwinds through ``finally``: the games close and delete their files
+    _leave(0)
+
+
+def _leave(code: int) -> None:
+    """Exit once, cleanly: ``SystemExit`` unwinds through ``finally`` (the games close and delete
+    their files). The parent-death signal can land while the process is already leaving on the
+    orphan check; raised again inside the clean-up or the interpreter's shutdown, it once left a
+    worker alive after its learner was SIGKILLed (CI). So later SIGTERMs are ignored, and
+    SIGALRM, whose default action ends the process without Python, bounds the clean-up."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.alarm(_EXIT_DEADLINE_S)
+    raise SystemExit(code)
 
 
 _parent = 0  # the pid of the process that started this one, in a worker
@@ -170,7 +183,7 @@ def _exit_if_orphaned() -> None:
     """Exit if the parent is gone. The parent-death signal alone was seen to miss a worker now
     and then on a loaded VM, so every wait also checks."""
     if os.getppid() != _parent:
-        raise SystemExit(1)
+        _leave(1)
 
 
 class _Backoff:
