@@ -4,6 +4,7 @@ version they report (per-worker and policy-worker inference, on CPU), the learne
 batches, and nothing outlives the run."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -44,6 +45,9 @@ def _wait_gone(pids: list[int], seconds: float = 30.0) -> list[str]:
             status = dict(line.split(":\t", 1) for line in open(f"/proc/{pid}/status").read().splitlines() if ":\t" in line)
             wchan = open(f"/proc/{pid}/wchan").read()
             left.append(f"{pid} {status.get('Name')} {status.get('State')} wchan={wchan} threads={status.get('Threads')}")
+            if shutil.which("py-spy"):  # where its threads are, when the box has py-spy
+                dump = subprocess.run(["py-spy", "dump", "--native", "--pid", str(pid)], capture_output=True, text=True, timeout=60)
+                left.append(dump.stdout + dump.stderr)
             os.kill(pid, signal.SIGKILL)
         except (OSError, ValueError):
             pass  # gone meanwhile
@@ -181,33 +185,27 @@ def test_nothing_outlives_a_sigkilled_learner():
     finally:
         proc.kill()
         proc.wait(timeout=10)
-    assert _wait_gone(pids) == []
+    left = _wait_gone(pids)
+    assert not left, "\n".join(left)
     assert not [name for name in os.listdir("/dev/shm") if name.startswith(f"pym-{proc.pid}-")]
 
 
-def test_a_worker_whose_clean_up_hangs_after_its_parent_died_is_ended_by_the_deadline():
-    """The exit after the parent's death is bounded: a clean-up that never returns still ends
-    within the deadline, by SIGALRM's default action."""
-    script = textwrap.dedent(
-        """
-        import time
-        from kudos.rl import workers
-        workers._EXIT_DEADLINE_S = 1
-        workers._die_with_parent()
-        print("ready", flush=True)
-        try:
-            while True:
-                workers._exit_if_orphaned()
-                time.sleep(0.01)
-        finally:
-            while True:  # a clean-up that never returns, whatever interrupts it
-                try:
-                    time.sleep(600)
-                except SystemExit:
-                    pass
-        """
-    )
-    # The worker's parent is an intermediate shell that we SIGKILL, like a learner.
+@pytest.mark.parametrize(
+    "stuck",
+    [
+        "while True:  # a clean-up that never returns, whatever interrupts it\n"
+        "    try:\n        time.sleep(600)\n    except SystemExit:\n        pass",
+        "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # the signal never reaches Python\n"
+        "time.sleep(600)",
+    ],
+    ids=["clean-up-hangs", "signal-missed"],
+)
+def test_a_worker_ends_within_the_deadline_after_its_parent_is_sigkilled(stuck):
+    """However stuck its main thread, a worker whose parent died ends within the exit deadline
+    (the watching thread notices, and SIGALRM's default action needs no Python)."""
+    script = "import signal, time\nfrom kudos.rl import workers\nworkers._EXIT_DEADLINE_S = 1\n"
+    script += 'workers._die_with_parent()\nprint("ready", flush=True)\n' + stuck
+    # The worker's parent is a shell that we SIGKILL, like a learner.
     parent = subprocess.Popen(
         ["/bin/sh", "-c", f'{sys.executable} -c "$0" & echo $!; wait', script], stdout=subprocess.PIPE, text=True
     )
@@ -218,7 +216,8 @@ def test_a_worker_whose_clean_up_hangs_after_its_parent_died_is_ended_by_the_dea
     finally:
         parent.kill()
         parent.wait(timeout=10)
-    assert _wait_gone([pid], seconds=20) == []
+    left = _wait_gone([pid], seconds=20)
+    assert not left, "\n".join(left)
     assert time.time() - started < 15
 
 

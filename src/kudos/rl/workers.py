@@ -19,11 +19,11 @@ Requests and replies are counters in shared memory (:class:`Control`), not pipes
 at any instant cannot leave a lock held or half a message in a channel others use. The GRU state
 of every half lives there too, so whoever computes a half's next action finds it.
 
-Workers get SIGTERM when the thread that started them dies (``PR_SET_PDEATHSIG``) and exit
-cleanly on it, and every wait also checks that the parent still exists, so a ``SIGKILL`` of the
-learner leaves no worker behind; they ignore SIGINT so
-Ctrl-C reaches the learner, which stops them. :class:`WorkerSet` starts, restarts and stops the processes; the slot bookkeeping is the
-learner side's (:class:`~kudos.rl.sampler.Sampler`).
+Workers get SIGTERM when the thread that started them dies (``PR_SET_PDEATHSIG``), a thread in
+each also watches that the parent still exists, and they exit cleanly on it within a deadline,
+so a ``SIGKILL`` of the learner leaves no worker behind; they ignore SIGINT so Ctrl-C reaches the
+learner, which stops them. :class:`WorkerSet` starts, restarts and stops the processes; the slot
+bookkeeping is the learner side's (:class:`~kudos.rl.sampler.Sampler`).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import ctypes
 import logging
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -53,8 +54,10 @@ INFERENCE_MODES = ("worker", "policy-worker")
 # Seed offset between generations of a restarted worker, so its envs do not replay old episodes.
 _RESTART_SEED_STRIDE = 1_000_003
 _PR_SET_PDEATHSIG = 1
-# Seconds a worker leaving on its own (parent gone, SIGTERM) may take before SIGALRM ends it.
+# Seconds a worker leaving on its own (parent gone, SIGTERM) may take before SIGALRM ends it,
+# and how often it checks that its parent is still there.
 _EXIT_DEADLINE_S = 10
+_WATCH_SECONDS = 0.25
 # Waiting on a shared counter: yield the core for this long, then sleep in short naps. Waking a
 # sleeping process costs about one NetHack step on a VM; spinning forever would steal the core.
 _SPIN_SECONDS = 0.0005
@@ -148,42 +151,48 @@ class Control:
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
-    _leave(0)
-
-
-def _leave(code: int) -> None:
-    """Exit once, cleanly: ``SystemExit`` unwinds through ``finally`` (the games close and delete
-    their files). The parent-death signal can land while the process is already leaving on the
-    orphan check; raised again inside the clean-up or the interpreter's shutdown, it once left a
-    worker alive after its learner was SIGKILLed (CI). So later SIGTERMs are ignored, and
-    SIGALRM, whose default action ends the process without Python, bounds the clean-up."""
+    """Leave once, cleanly: ``SystemExit`` unwinds through ``finally`` (the games close and delete
+    their files). Later SIGTERMs are ignored: raised again inside the clean-up or the
+    interpreter's shutdown, one once left a worker alive after its learner was SIGKILLed (CI)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.alarm(_EXIT_DEADLINE_S)
-    raise SystemExit(code)
+    _arm_exit_deadline()
+    raise SystemExit(0)
 
 
-_parent = 0  # the pid of the process that started this one, in a worker
+_deadline_armed = False
+
+
+def _arm_exit_deadline() -> None:
+    """Bound the exit: SIGALRM's default action ends the process without running any Python.
+    Armed once; arming again would postpone it."""
+    global _deadline_armed
+    if not _deadline_armed:
+        _deadline_armed = True
+        signal.alarm(_EXIT_DEADLINE_S)
+
+
+def _watch_parent(parent: int) -> None:
+    """Thread body: once the parent is gone, start the clean exit as the parent-death signal
+    would, and its deadline. The signal alone was seen to miss a worker now and then on a loaded
+    VM; this thread notices whatever the main thread is busy with."""
+    while os.getppid() == parent:
+        time.sleep(_WATCH_SECONDS)
+    _arm_exit_deadline()
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _die_with_parent() -> None:
-    """Get SIGTERM when the thread that started this process dies (Linux), exit cleanly on it,
-    and ignore Ctrl-C (the learner stops the workers)."""
-    global _parent
-    _parent = os.getppid()
+    """Exit cleanly, within :data:`_EXIT_DEADLINE_S`, on SIGTERM or when the parent dies (the
+    parent-death signal on Linux, and a watching thread); ignore Ctrl-C (the learner stops the
+    workers)."""
+    parent = os.getppid()
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: the waits below notice instead
+    except (OSError, AttributeError):  # not Linux: the watching thread notices instead
         log.debug("PR_SET_PDEATHSIG unavailable")
-    _exit_if_orphaned()
-
-
-def _exit_if_orphaned() -> None:
-    """Exit if the parent is gone. The parent-death signal alone was seen to miss a worker now
-    and then on a loaded VM, so every wait also checks."""
-    if os.getppid() != _parent:
-        _leave(1)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="kudos-parent-watch").start()
 
 
 class _Backoff:
@@ -199,7 +208,6 @@ class _Backoff:
         if now - self.since < _SPIN_SECONDS:
             os.sched_yield()
         else:
-            _exit_if_orphaned()
             time.sleep(_NAP_SECONDS)
 
     def reset(self) -> None:
@@ -305,7 +313,6 @@ def _next_slot(conn: Connection, control: Control) -> int | None:
     while not conn.poll(0.1):
         if control.stop[0]:
             return None
-        _exit_if_orphaned()
     slot = conn.recv()
     return None if slot < 0 else int(slot)
 
