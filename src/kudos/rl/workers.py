@@ -152,8 +152,8 @@ class Control:
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
     """Leave once, cleanly: ``SystemExit`` unwinds through ``finally`` (the games close and delete
-    their files). Later SIGTERMs are ignored: raised again inside the clean-up or the
-    interpreter's shutdown, one once left a worker alive after its learner was SIGKILLed (CI)."""
+    their files). Later SIGTERMs are ignored, so none interrupts the clean-up or the interpreter's
+    shutdown (CI saw the parent-death signal land in a worker's shutdown)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _arm_exit_deadline()
     raise SystemExit(0)
