@@ -17,6 +17,7 @@ import torch
 
 from kudos.envs import NUM_ACTIONS, get_task
 from kudos.errors import ConfigError
+from kudos.rl import workers
 from kudos.rl.appo import APPOConfig
 from kudos.rl.learner import Learner
 from kudos.rl.policy import NetHackPolicy, get_policy_config
@@ -219,6 +220,34 @@ def test_a_worker_ends_within_the_deadline_after_its_parent_is_sigkilled(stuck):
     left = _wait_gone([pid], seconds=20)
     assert not left, "\n".join(left)
     assert time.time() - started < 15
+
+
+def _start_after_the_parent_died() -> None:
+    """Spawn target of the test below: start watching only once the parent is gone."""
+    time.sleep(1.0)
+    workers._die_with_parent()
+    time.sleep(600)
+
+
+def test_a_worker_whose_learner_died_while_it_started_exits():
+    """The worker watches the pid of the process that started it, not its parent at the time it
+    looks: a learner SIGKILLed during a worker's start-up must not leave it watching init."""
+    script = textwrap.dedent(
+        f"""
+        import multiprocessing, os, signal, sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import test_workers
+        proc = multiprocessing.get_context("spawn").Process(target=test_workers._start_after_the_parent_died, daemon=True)
+        proc.start()
+        print(proc.pid, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    learner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    pid = int(learner.stdout.readline())
+    learner.wait(timeout=30)
+    left = _wait_gone([pid], seconds=30)
+    assert not left, "\n".join(left)
 
 
 def test_workers_size_the_policy_to_the_tasks_action_set():

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import multiprocessing
 import os
 import signal
 import threading
@@ -185,7 +186,10 @@ def _die_with_parent() -> None:
     """Exit cleanly, within :data:`_EXIT_DEADLINE_S`, on SIGTERM or when the parent dies (the
     parent-death signal on Linux, and a watching thread); ignore Ctrl-C (the learner stops the
     workers)."""
-    parent = os.getppid()
+    # The pid the learner had when it started this process, not the parent now: a learner that
+    # died while this one was starting would otherwise leave it watching its new parent.
+    creator = multiprocessing.parent_process()
+    parent = creator.pid if creator is not None else os.getppid()
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
