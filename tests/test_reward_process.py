@@ -28,7 +28,7 @@ from kudos.rewards.service import RewardProcess, RewardProcessError, scoring_sta
 from kudos.rewards.trainer import RewardModelTrainerConfig
 
 from test_llm_http import FaultyLLMServer  # the fault-injecting proxy
-from test_workers import _wait_gone  # waits for pids to exit (a zombie has exited)
+from test_workers import _wait_gone  # waits for pids to exit (a zombie has exited), describes what is left
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from stand_in_llm import StandInLLM  # noqa: E402  (the stand-in server, shared with the benches)
@@ -300,7 +300,8 @@ def test_a_sigkilled_learner_leaves_nothing_behind_and_the_run_resumes(llm: Stan
         else:
             learner.send_signal(signal.SIGKILL)  # the leader only: the rest must follow on their own
         learner.wait(timeout=30)
-        assert _wait_gone(children) == [], "processes outlived the learner"
+        left = _wait_gone(children)
+        assert not left, "processes outlived the learner:\n" + "\n".join(left)
     finally:
         for pid in [learner.pid, *_group(learner.pid)]:
             try:

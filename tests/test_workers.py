@@ -35,8 +35,9 @@ def _config(**overrides) -> SamplerConfig:
 
 
 def _wait_gone(pids: list[int], seconds: float = 30.0) -> list[str]:
-    """What is left of ``pids`` after ``seconds``: each survivor's name, state and kernel wait
-    channel (then it is killed, so a failure leaves nothing behind either)."""
+    """What is left of ``pids`` after ``seconds``: each survivor's name, state, kernel wait
+    channel and, where py-spy is installed, its stacks (then it is killed, so a failure leaves
+    nothing behind either)."""
     deadline = time.time() + seconds
     while time.time() < deadline and any(_alive(p) for p in pids):
         time.sleep(0.1)
